@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+# Production image of Tickler: one image, three roles chosen by the command
+#   tickler web      (default) hypercorn serving the Quart app on TICKLER_WEB_HOST:TICKLER_WEB_PORT
+#   tickler worker   the Temporal worker
+#   tickler migrate  alembic upgrade head, with the revisions of the installed `migrations` package
+# Only the runtime dependencies are installed: no devstack extra (the embedded servers of `tickler run`),
+# no test or lint extra. PostgreSQL, Redis and Temporal are separate services (see docker-compose.yml).
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---- build: install the project into a virtualenv that the runtime stage copies as a whole ----
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN python -m venv /opt/venv
+
+WORKDIR /src
+# .dockerignore keeps .venv, .data, .git, .env, caches and test artifacts out of the context.
+COPY . .
+# `pip install .`, not `.[devstack]` or `.[test]`: production talks to real servers.
+RUN /opt/venv/bin/pip install .
+
+# ---- runtime ----
+FROM ${PYTHON_IMAGE} AS runtime
+
+# A fixed, unprivileged uid/gid, so volume permissions and Kubernetes runAsUser can rely on it.
+RUN groupadd --system --gid 10001 tickler \
+    && useradd --system --uid 10001 --gid tickler --home-dir /app --no-create-home \
+       --shell /usr/sbin/nologin tickler
+
+ENV PATH="/opt/venv/bin:${PATH}" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Inside a container the server must listen on every interface, not the loopback default.
+ENV TICKLER_WEB_HOST=0.0.0.0 \
+    TICKLER_WEB_PORT=8000
+# Anything but "dev" makes `tickler web` refuse the built-in development JWT secret, so an image run
+# without TICKLER_JWT_SECRET fails loudly instead of accepting forgeable tokens.
+ENV TICKLER_ENV=production
+
+COPY --from=build /opt/venv /opt/venv
+
+WORKDIR /app
+# `tickler migrate` needs neither (it reads the installed package); these are for the plain alembic
+# command run from here, e.g. `docker compose run --rm migrate alembic current` or `alembic downgrade`.
+COPY alembic.ini ./
+COPY migrations ./migrations
+
+# Files stay owned by root: the app user can read them but not change them. Numeric, so Kubernetes
+# runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+
+EXPOSE 8000
+
+# No ENTRYPOINT, so `docker run IMAGE tickler worker` and compose `command: [tickler, worker]` read plainly.
+CMD ["tickler", "web"]

@@ -1,0 +1,1 @@
+"""Temporal activities: the workflows' only way to touch PostgreSQL and Redis."""

@@ -1,0 +1,100 @@
+"""Activities of the task workflow: persist its state, deliver its reminders.
+
+Both may run more than once (retries, a worker that dies after the write): every write is idempotent.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core.models import Notification, Task, notification_message
+from core.payloads import DELIVER_REMINDER, SAVE_TASK, DeliverReminderInput, NotificationEvent, TaskState
+from core.pubsub import publish
+
+
+class TaskActivities:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, channel: str) -> None:
+        self.sessionmaker = sessionmaker
+        self.redis = redis
+        self.channel = channel
+
+    @activity.defn(name=SAVE_TASK)
+    async def save_task(self, state: TaskState) -> None:
+        """Upsert the row; a write older than the row's version (a late retry) changes nothing."""
+        values = {
+            "id": state.task_id,
+            "organization_id": state.organization_id,
+            "assignee_id": state.assignee_id,
+            "created_by": state.created_by,
+            "title": state.title,
+            "notes": state.notes,
+            "due_at": state.due_at,
+            "status": state.status,
+            "version": state.version,
+            "created_at": state.created_at,
+            "updated_at": state.updated_at,
+        }
+        stmt = insert(Task).values(values)
+        mutable = {k: stmt.excluded[k] for k in values if k not in ("id", "organization_id", "created_at")}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Task.id], set_=mutable, where=Task.version < stmt.excluded.version
+        )
+        async with self.sessionmaker.begin() as session:
+            await session.execute(stmt)
+
+    @activity.defn(name=DELIVER_REMINDER)
+    async def deliver_reminder(self, input: DeliverReminderInput) -> int | None:
+        """Write the occurrence's one notification row, then publish it. Returns its id (None: not due)."""
+        async with self.sessionmaker.begin() as session:
+            task = await session.scalar(
+                select(Task).where(Task.id == input.task_id, Task.organization_id == input.organization_id)
+            )
+            if task is None:
+                raise ApplicationError(
+                    f"task {input.task_id} of organization {input.organization_id} does not exist",
+                    type="TaskNotFound",
+                    non_retryable=True,
+                )
+            if task.status != "open":
+                return None
+            notification = await _insert_once(session, task, input)
+        await publish(
+            self.redis,
+            self.channel,
+            NotificationEvent(
+                organization_id=notification.organization_id,
+                user_id=notification.user_id,
+                event="notification",
+                id=notification.id,
+                data=notification_message(notification),
+            ),
+        )
+        return notification.id
+
+
+async def _insert_once(session: AsyncSession, task: Task, input: DeliverReminderInput) -> Notification:
+    stmt = (
+        insert(Notification)
+        .values(
+            organization_id=task.organization_id,
+            user_id=task.assignee_id,
+            task_id=task.id,
+            dedupe_key=input.dedupe_key,
+            payload={"title": task.title},
+            due_at=input.due_at,
+        )
+        .on_conflict_do_nothing(index_elements=[Notification.dedupe_key])
+        .returning(Notification)
+    )
+    inserted = await session.scalar(stmt)
+    if inserted is not None:
+        return inserted
+    # A retry or a duplicated execution: the row exists; publish it again, streams drop duplicates by id.
+    existing = await session.scalar(select(Notification).where(Notification.dedupe_key == input.dedupe_key))
+    assert existing is not None
+    return existing

@@ -1,0 +1,1 @@
+"""Code shared by the web app, the workflows and the activities; it imports none of them."""

@@ -1,0 +1,63 @@
+"""Tickler's configuration: one pydantic-settings class, every field from a ``TICKLER_*`` variable.
+
+The defaults are the addresses of the embedded development stack that ``tickler run`` starts; production
+sets each address. Read it once per process with :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Used when TICKLER_JWT_SECRET is not set; `tickler web` refuses it unless TICKLER_ENV is "dev".
+DEV_JWT_SECRET = "tickler-dev-secret-do-not-use-in-production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TICKLER_", env_file=".env", extra="ignore")
+
+    env: str = Field("dev", description='"dev" allows the development JWT secret; anything else refuses it.')
+    log_level: str = Field("INFO", description="Python log level of every process.")
+    data_dir: Path = Field(Path(".data"), description="Where the embedded stack keeps its files.")
+
+    database_url: str = Field(
+        "postgresql+asyncpg://tickler@127.0.0.1:55432/tickler",
+        description="SQLAlchemy URL of PostgreSQL (asyncpg driver). Unset: `tickler run` starts one.",
+    )
+    database_pool_size: int = Field(10, ge=1, description="Connections per process in the pool.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:56379/0", description="Redis URL. Unset: `tickler run` starts one."
+    )
+    redis_channel: str = Field("tickler:notifications", description="Pub/sub channel of notifications.")
+
+    temporal_address: str = Field(
+        "127.0.0.1:7233", description="Temporal frontend. Unset: `tickler run` starts the dev server."
+    )
+    temporal_namespace: str = Field("default", description="Temporal namespace.")
+    temporal_task_queue: str = Field("tickler", description="Task queue of the task workflows.")
+    temporal_ui_port: int = Field(8233, description="Web UI port of the dev server `tickler run` starts.")
+
+    web_host: str = Field("127.0.0.1", description="Address the web server binds.")
+    web_port: int = Field(8000, description="Port the web server binds.")
+
+    jwt_secret: SecretStr = Field(
+        SecretStr(DEV_JWT_SECRET),
+        min_length=32,
+        description="HS256 secret of bearer tokens (32 bytes or more).",
+    )
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
+
+    sse_heartbeat_seconds: float = Field(15.0, gt=0, description="Comment line sent on idle streams.")
+    sse_retry_ms: int = Field(2000, ge=0, description="`retry:` the stream tells browsers to wait.")
+    sse_queue_size: int = Field(
+        256, ge=1, description="Events buffered per stream; a client further behind is cut off."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,37 @@
+"""Temporal client factory, workflow ids and the search attributes operators filter on."""
+
+from __future__ import annotations
+
+import uuid
+
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from core.settings import Settings
+
+# Registered by `tickler run` on the dev server and by docker-compose's temporal-setup.
+# No personal data here: search attributes are stored unencrypted and shown in the UI.
+ORGANIZATION_ID = SearchAttributeKey.for_keyword("OrganizationId")
+ASSIGNEE_ID = SearchAttributeKey.for_keyword("AssigneeId")
+TASK_STATUS = SearchAttributeKey.for_keyword("TaskStatus")
+DUE_AT = SearchAttributeKey.for_datetime("DueAt")
+
+SEARCH_ATTRIBUTES = {
+    "OrganizationId": "Keyword",
+    "AssigneeId": "Keyword",
+    "TaskStatus": "Keyword",
+    "DueAt": "Datetime",
+}
+
+
+def task_workflow_id(task_id: uuid.UUID) -> str:
+    return f"task-{task_id}"
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )

@@ -1,0 +1,1 @@
+"""Alembic revisions of Tickler's schema; `tickler migrate` applies them."""

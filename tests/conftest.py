@@ -1,0 +1,139 @@
+"""Session fixtures: the real servers, the migrated schema, a worker and the web app over real HTTP.
+
+Each server is started on a free port from the venv's packages, unless its address is configured with
+TICKLER_TEST_DATABASE_URL, TICKLER_TEST_REDIS_URL or TICKLER_TEST_TEMPORAL_ADDRESS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.tasks import TaskActivities
+from core.db import make_engine, make_sessionmaker
+from core.pubsub import make_redis
+from core.settings import Settings
+from core.temporal import connect
+from tickler import devstack
+from tickler.migrate import upgrade
+from tickler.worker import build_worker
+from web.app import create_app
+
+
+@dataclass
+class Servers:
+    database_url: str
+    redis_url: str
+    temporal_address: str
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    data_dir: Path = tmp_path_factory.mktemp("stack")
+    started: list[devstack.ManagedProcess] = []
+
+    def address(env_name: str, start: object) -> str:
+        configured = os.environ.get(env_name)
+        if configured:
+            return configured
+        assert callable(start)
+        proc: devstack.ManagedProcess = start()
+        started.append(proc)
+        return proc.address
+
+    try:
+        yield Servers(
+            database_url=address(
+                "TICKLER_TEST_DATABASE_URL", lambda: devstack.start_postgres(data_dir, devstack.free_port())
+            ),
+            redis_url=address(
+                "TICKLER_TEST_REDIS_URL", lambda: devstack.start_redis(data_dir, devstack.free_port())
+            ),
+            temporal_address=address(
+                "TICKLER_TEST_TEMPORAL_ADDRESS",
+                lambda: devstack.start_temporal(data_dir, devstack.free_port(), None),
+            ),
+        )
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(servers: Servers) -> Settings:
+    settings = Settings(
+        database_url=servers.database_url,
+        redis_url=servers.redis_url,
+        temporal_address=servers.temporal_address,
+        # A queue and a channel of this run's own, should the servers be shared.
+        temporal_task_queue=f"tickler-test-{uuid.uuid4().hex[:8]}",
+        redis_channel=f"tickler-test-{uuid.uuid4().hex[:8]}",
+        jwt_secret=SecretStr("test-secret-of-at-least-thirty-two-bytes"),
+        sse_heartbeat_seconds=1.0,
+    )
+    # The suite builds its schema with the migrations, so they are tested too.
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(settings, application_name="tickler-tests")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return make_sessionmaker(engine)
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = make_redis(settings)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def temporal(settings: Settings) -> Client:
+    return await connect(settings)
+
+
+@pytest.fixture(scope="session")
+async def worker(
+    temporal: Client, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> AsyncIterator[Worker]:
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    async with build_worker(temporal, settings, activities) as worker:
+        yield worker
+
+
+@pytest.fixture(scope="session")
+async def web_url(settings: Settings, worker: Worker) -> AsyncIterator[str]:
+    """The web app served by Hypercorn on a free port: real HTTP, real streaming."""
+    port = devstack.free_port()
+    app = create_app(settings.model_copy(update={"web_port": port}))
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 2
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    await asyncio.to_thread(devstack.wait_for_port, "127.0.0.1", port, 30.0)
+    yield f"http://127.0.0.1:{port}"
+    stop.set()
+    await server

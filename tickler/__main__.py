@@ -1,0 +1,3 @@
+from tickler.cli import main
+
+main()

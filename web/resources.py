@@ -1,0 +1,30 @@
+"""What a web process holds for its lifetime: made at start in ``while_serving``, closed at shutdown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quart import current_app
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from core.settings import Settings
+from web.stream.hub import StreamHub
+
+EXTENSION_KEY = "tickler"
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    temporal: Client
+    hub: StreamHub
+
+
+def resources() -> Resources:
+    res: Resources = current_app.extensions[EXTENSION_KEY]
+    return res

@@ -1,0 +1,151 @@
+"""One Redis subscription per web process, fanned out in-process to that process's open streams.
+
+Each stream has a bounded queue. A stream that falls behind is closed (its client reconnects and
+replays from PostgreSQL) rather than growing the server's memory. When the subscription drops, the hub
+resubscribes by itself and tells every stream to replay what it may have missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections import defaultdict
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from core.payloads import NotificationEvent
+
+log = logging.getLogger(__name__)
+
+RESUBSCRIBE_BACKOFF_MAX = 5.0
+
+
+class Control(enum.Enum):
+    # The subscription was down for a while: replay from PostgreSQL what may have been published then.
+    RESYNC = "resync"
+    # End the stream: the server shuts down or the client fell too far behind.
+    CLOSE = "close"
+
+
+StreamItem = NotificationEvent | Control
+Audience = tuple[str, str]  # (organization_id, user_id)
+
+
+class Subscription:
+    def __init__(self, audience: Audience, maxsize: int) -> None:
+        self.audience = audience
+        self.queue: asyncio.Queue[StreamItem] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, item: StreamItem) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self.close()
+
+    def close(self) -> None:
+        # Drop what is queued: the client replays it after reconnecting.
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(Control.CLOSE)
+
+
+class StreamHub:
+    def __init__(self, redis: Redis, channel: str, queue_size: int) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.queue_size = queue_size
+        self.subscriptions: defaultdict[Audience, set[Subscription]] = defaultdict(set)
+        self.subscribed = asyncio.Event()
+        self.closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self, *, wait_seconds: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="stream-hub")
+        try:
+            await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
+        except TimeoutError:
+            log.warning("stream hub not subscribed to Redis yet; streams will replay once it is")
+
+    async def stop(self) -> None:
+        self.close_all()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def close_all(self) -> None:
+        """End every stream, e.g. at shutdown, so that clients reconnect to another process."""
+        self.closing = True
+        for subs in self.subscriptions.values():
+            for sub in subs:
+                sub.close()
+
+    # -- streams ---------------------------------------------------------------------------------------
+
+    def subscribe(self, organization_id: str, user_id: str) -> Subscription:
+        sub = Subscription((organization_id, user_id), self.queue_size)
+        if self.closing:
+            sub.close()
+        self.subscriptions[sub.audience].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self.subscriptions.get(sub.audience)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subscriptions[sub.audience]
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(subs) for subs in self.subscriptions.values())
+
+    def dispatch(self, raw: bytes | str) -> None:
+        try:
+            event = NotificationEvent.model_validate_json(raw)
+        except ValidationError:
+            log.warning("dropped a malformed message on %s", self.channel)
+            return
+        for sub in tuple(self.subscriptions.get((event.organization_id, event.user_id), ())):
+            sub.offer(event)
+
+    # -- the subscription ------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = 0.1
+        first = True
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self.subscribed.set()
+                    if not first:
+                        log.info("resubscribed to %s; streams replay what they missed", self.channel)
+                        for subs in self.subscriptions.values():
+                            for sub in subs:
+                                sub.offer(Control.RESYNC)
+                    first = False
+                    backoff = 0.1
+                    await self._listen(pubsub)
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_MAX)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        while True:
+            # get_message with a timeout also sends the health-check PING on an idle connection,
+            # so a dead connection raises instead of waiting forever (redis/redis-py#2089).
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["type"] == "message":
+                self.dispatch(message["data"])
