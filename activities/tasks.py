@@ -5,15 +5,26 @@ Both may run more than once (retries, a worker that dies after the write): every
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core import recurrence
 from core.models import Notification, Task, notification_message
-from core.payloads import DELIVER_REMINDER, SAVE_TASK, DeliverReminderInput, NotificationEvent, TaskState
+from core.payloads import (
+    DELIVER_REMINDER,
+    NEXT_OCCURRENCE,
+    SAVE_TASK,
+    DeliverReminderInput,
+    NextOccurrenceInput,
+    NotificationEvent,
+    TaskState,
+)
 from core.pubsub import publish
 
 
@@ -35,17 +46,26 @@ class TaskActivities:
             "notes": state.notes,
             "due_at": state.due_at,
             "status": state.status,
+            "reminder_offsets": list(state.reminder_offsets),
+            "recurrence": state.recurrence.model_dump(exclude_none=True) if state.recurrence else None,
+            "timezone": state.timezone,
+            "request_hash": state.request_hash,
             "version": state.version,
             "created_at": state.created_at,
             "updated_at": state.updated_at,
         }
         stmt = insert(Task).values(values)
-        mutable = {k: stmt.excluded[k] for k in values if k not in ("id", "organization_id", "created_at")}
+        fixed = ("id", "organization_id", "created_at", "request_hash")
+        mutable = {k: stmt.excluded[k] for k in values if k not in fixed}
         stmt = stmt.on_conflict_do_update(
             index_elements=[Task.id], set_=mutable, where=Task.version < stmt.excluded.version
         )
         async with self.sessionmaker.begin() as session:
             await session.execute(stmt)
+
+    @activity.defn(name=NEXT_OCCURRENCE)
+    async def next_occurrence(self, input: NextOccurrenceInput) -> datetime | None:
+        return recurrence.next_occurrence(input.recurrence, input.timezone, input.after)
 
     @activity.defn(name=DELIVER_REMINDER)
     async def deliver_reminder(self, input: DeliverReminderInput) -> int | None:
@@ -78,6 +98,10 @@ class TaskActivities:
 
 
 async def _insert_once(session: AsyncSession, task: Task, input: DeliverReminderInput) -> Notification:
+    # One user's notification ids commit in id order (identity ids are drawn at insert, not at commit):
+    # streams send "every row after the last id sent", which must never skip a row that commits late.
+    audience = f"{task.organization_id}/{task.assignee_id}"
+    await session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(audience, 0))))
     stmt = (
         insert(Notification)
         .values(
@@ -85,7 +109,7 @@ async def _insert_once(session: AsyncSession, task: Task, input: DeliverReminder
             user_id=task.assignee_id,
             task_id=task.id,
             dedupe_key=input.dedupe_key,
-            payload={"title": task.title},
+            payload={"title": task.title, "offset_seconds": input.offset_seconds},
             due_at=input.due_at,
         )
         .on_conflict_do_nothing(index_elements=[Notification.dedupe_key])
@@ -96,5 +120,6 @@ async def _insert_once(session: AsyncSession, task: Task, input: DeliverReminder
         return inserted
     # A retry or a duplicated execution: the row exists; publish it again, streams drop duplicates by id.
     existing = await session.scalar(select(Notification).where(Notification.dedupe_key == input.dedupe_key))
-    assert existing is not None
+    if existing is None:  # the conflicting row vanished: its task was deleted meanwhile
+        raise ApplicationError(f"task {task.id} was deleted during delivery", non_retryable=True)
     return existing

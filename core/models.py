@@ -17,9 +17,9 @@ from sqlalchemy import (
     MetaData,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.sql import func
+from sqlalchemy.sql import func, text
 
 # Constraint names are predictable, so that migrations can name what they drop.
 NAMING_CONVENTION = {
@@ -44,6 +44,8 @@ class Task(Base):
     __table_args__ = (
         CheckConstraint(f"status IN {TASK_STATUSES}", name="status"),
         Index("ix_tasks_org_assignee_due", "organization_id", "assignee_id", "due_at"),
+        Index("ix_tasks_org_due_id", "organization_id", "due_at", "id"),
+        Index("ix_tasks_org_status_due_id", "organization_id", "status", "due_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -54,6 +56,11 @@ class Task(Base):
     notes: Mapped[str | None] = mapped_column(Text)
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(Text)
+    reminder_offsets: Mapped[list[int]] = mapped_column(ARRAY(Integer), server_default="{0}")
+    recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    timezone: Mapped[str] = mapped_column(Text, server_default="UTC")
+    # Set when created with an Idempotency-Key: a hash of the request, to tell a retry from another body.
+    request_hash: Mapped[str | None] = mapped_column(Text)
     # The workflow's state version; a write with an older version is ignored (out-of-order retries).
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -64,7 +71,16 @@ class Notification(Base):
     """One reminder occurrence delivered to one user. Its id is the stream's event id."""
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_org_user_id", "organization_id", "user_id", "id"),)
+    __table_args__ = (
+        Index("ix_notifications_org_user_id", "organization_id", "user_id", "id"),
+        Index(
+            "ix_notifications_unread",
+            "organization_id",
+            "user_id",
+            "id",
+            postgresql_where=text("read_at IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     organization_id: Mapped[str] = mapped_column(Text)

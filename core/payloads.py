@@ -6,12 +6,54 @@ New fields only with defaults: recorded histories must still deserialize.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict
+# Imported here, not where used: the workflow sandbox warns about (and may refuse) late imports.
+from dateutil.rrule import rrulestr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TaskStatus = Literal["open", "done", "cancelled"]
+
+
+class Recurrence(BaseModel):
+    """Remind again after each occurrence: an RFC 5545 RRULE, or every N days or weeks.
+
+    Evaluated in the task's IANA time zone, so "every Tuesday 10:00" stays 10:00 across DST changes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rrule: str | None = Field(None, max_length=500, description='e.g. "FREQ=WEEKLY;BYDAY=TU"')
+    every: int | None = Field(None, ge=1, le=366)
+    unit: Literal["days", "weeks"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Recurrence:
+        if (self.rrule is None) == (self.every is None):
+            raise ValueError("give either `rrule` or `every` with `unit`")
+        if self.every is not None and self.unit is None:
+            raise ValueError("`every` needs a `unit` (days or weeks)")
+        if self.rrule is not None:
+            check_rrule(self.rrule)
+        return self
+
+
+ALLOWED_FREQUENCIES = {"DAILY", "WEEKLY", "MONTHLY", "YEARLY"}
+
+
+def check_rrule(rule: str) -> None:
+    """Refuse a rule at the API rather than when its occurrence comes. due_at is its DTSTART."""
+    parts = dict(part.partition("=")[::2] for part in rule.removeprefix("RRULE:").upper().split(";") if part)
+    if "DTSTART" in parts or "\n" in rule:
+        raise ValueError("give the RRULE body only, e.g. FREQ=WEEKLY;BYDAY=TU (due_at is its start)")
+    if parts.get("FREQ") not in ALLOWED_FREQUENCIES:
+        raise ValueError(f"FREQ must be one of {', '.join(sorted(ALLOWED_FREQUENCIES))}")
+    try:
+        rrulestr(rule.removeprefix("RRULE:"), dtstart=datetime(2000, 1, 1, tzinfo=UTC))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a valid RRULE: {exc}") from exc
 
 
 class TaskState(BaseModel):
@@ -27,26 +69,52 @@ class TaskState(BaseModel):
     notes: str | None = None
     due_at: datetime
     status: TaskStatus = "open"
+    # Reminders, in seconds before due_at (0 = at due time); they all move with due_at.
+    reminder_offsets: tuple[int, ...] = (0,)
+    recurrence: Recurrence | None = None
+    timezone: str = "UTC"
     # Bumped by every change; the row keeps the highest version it saw.
     version: int = 1
-    # Bumped whenever due_at moves, so that each arming of the timer is its own occurrence.
+    # Bumped whenever due_at moves (a reschedule, the next occurrence): each arming is its own occurrence.
     schedule_revision: int = 1
-    # The schedule_revision whose reminder has been delivered, if any.
-    delivered_revision: int = 0
+    # Offsets of this revision already delivered (or skipped: their time had passed when it was armed).
+    done_offsets: tuple[int, ...] = ()
+    # Hash of the create request that carried an Idempotency-Key, to tell a replay from a different body.
+    request_hash: str | None = None
+    # Ids of recent change requests, so that a retried signal or update applies once, across continue-as-new.
+    recent_request_ids: tuple[str, ...] = ()
     created_at: datetime
     updated_at: datetime
 
-    @property
-    def reminder_pending(self) -> bool:
-        return self.status == "open" and self.delivered_revision < self.schedule_revision
+    def pending_reminders(self) -> list[tuple[datetime, int]]:
+        """(fire time, offset) of the reminders still to deliver for this revision, soonest first."""
+        if self.status != "open":
+            return []
+        pending = [
+            (self.due_at - timedelta(seconds=offset), offset)
+            for offset in self.reminder_offsets
+            if offset not in self.done_offsets
+        ]
+        return sorted(pending)
 
-    @property
-    def dedupe_key(self) -> str:
-        return f"{self.task_id}/{self.schedule_revision}"
+    def dedupe_key(self, offset: int) -> str:
+        return f"{self.task_id}/{self.schedule_revision}/{offset}"
+
+    def skipping_passed_reminders(self, now: datetime) -> TaskState:
+        """Mark as done the early reminders whose time has passed when the schedule is set; the one at
+        due time always stays, so a task created or rescheduled into the past fires at once."""
+        passed = tuple(
+            offset
+            for offset in self.reminder_offsets
+            if offset > 0 and self.due_at - timedelta(seconds=offset) <= now
+        )
+        return self.model_copy(update={"done_offsets": passed})
 
 
 class TaskWorkflowInput(BaseModel):
     state: TaskState
+    # True when continued as new: the row already holds this state.
+    saved: bool = False
 
 
 class DeliverReminderInput(BaseModel):
@@ -54,6 +122,71 @@ class DeliverReminderInput(BaseModel):
     organization_id: str
     dedupe_key: str
     due_at: datetime
+    offset_seconds: int = 0
+
+
+TaskAction = Literal["edit", "reschedule", "snooze", "complete", "cancel"]
+
+
+class TaskChange(BaseModel):
+    """One change of a task: the input of the ``change`` update (REST) and of every signal.
+
+    Signals carry the same fields as JSON; ``action`` comes from the signal's name. Fields left out
+    (None) are unchanged.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: TaskAction
+    title: str | None = Field(None, min_length=1, max_length=200)
+    notes: str | None = Field(None, max_length=10_000, description='"" clears the notes.')
+    due_at: AwareDatetime | None = None
+    until: AwareDatetime | None = Field(None, description="snooze: the new due time")
+    minutes: int | None = Field(None, ge=1, le=366 * 24 * 60, description="snooze: minutes from now")
+    reminder_offsets: tuple[int, ...] | None = None
+    recurrence: Recurrence | None = None
+    clear_recurrence: bool = False
+    timezone: str | None = None
+    # Optional on signals: when given, it must be the task's organization.
+    organization_id: str | None = None
+    # Optional: a change with an id seen recently is applied once.
+    request_id: str | None = Field(None, max_length=100)
+
+    @field_validator("reminder_offsets")
+    @classmethod
+    def _offsets(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if value is None else normalize_offsets(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
+
+MAX_REMINDERS = 10
+MAX_OFFSET = 366 * 24 * 3600
+
+
+def normalize_offsets(offsets: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    if not 1 <= len(offsets) <= MAX_REMINDERS:
+        raise ValueError(f"give between 1 and {MAX_REMINDERS} reminder offsets")
+    if any(not 0 <= offset <= MAX_OFFSET for offset in offsets):
+        raise ValueError("reminder offsets are seconds before due_at, between 0 and one year")
+    return tuple(sorted(set(offsets), reverse=True))
+
+
+def check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    return name
+
+
+class NextOccurrenceInput(BaseModel):
+    recurrence: Recurrence
+    timezone: str
+    after: datetime
 
 
 class NotificationEvent(BaseModel):
@@ -70,5 +203,9 @@ class NotificationEvent(BaseModel):
 # web/ need not import workflows/, nor workflows/ import activities/.
 TASK_WORKFLOW = "TaskWorkflow"
 SYNC_UPDATE = "sync"
+CHANGE_UPDATE = "change"
+STATE_QUERY = "current"
+SIGNALS: tuple[TaskAction, ...] = ("reschedule", "snooze", "complete", "cancel")
 SAVE_TASK = "save_task"
 DELIVER_REMINDER = "deliver_reminder"
+NEXT_OCCURRENCE = "next_occurrence"

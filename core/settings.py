@@ -27,18 +27,34 @@ class Settings(BaseSettings):
         "postgresql+asyncpg://tickler@127.0.0.1:55432/tickler",
         description="SQLAlchemy URL of PostgreSQL (asyncpg driver). Unset: `tickler run` starts one.",
     )
+    embedded_postgres_port: int = Field(
+        55432,
+        description="Port of the PostgreSQL server `tickler run` starts when TICKLER_DATABASE_URL is unset.",
+    )
     database_pool_size: int = Field(10, ge=1, description="Connections per process in the pool.")
     redis_url: str = Field(
         "redis://127.0.0.1:56379/0", description="Redis URL. Unset: `tickler run` starts one."
+    )
+    embedded_redis_port: int = Field(
+        56379, description="Port of the Redis server `tickler run` starts when TICKLER_REDIS_URL is unset."
     )
     redis_channel: str = Field("tickler:notifications", description="Pub/sub channel of notifications.")
 
     temporal_address: str = Field(
         "127.0.0.1:7233", description="Temporal frontend. Unset: `tickler run` starts the dev server."
     )
+    embedded_temporal_port: int = Field(
+        7233,
+        description=(
+            "Port of the Temporal dev server `tickler run` starts when TICKLER_TEMPORAL_ADDRESS is unset."
+        ),
+    )
     temporal_namespace: str = Field("default", description="Temporal namespace.")
     temporal_task_queue: str = Field("tickler", description="Task queue of the task workflows.")
     temporal_ui_port: int = Field(8233, description="Web UI port of the dev server `tickler run` starts.")
+    change_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a create or change waits for the worker's confirmation (then 503)."
+    )
 
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")

@@ -6,7 +6,6 @@ TICKLER_TEST_DATABASE_URL, TICKLER_TEST_REDIS_URL or TICKLER_TEST_TEMPORAL_ADDRE
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from pydantic import SecretStr
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -27,10 +24,10 @@ from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
 from core.settings import Settings
 from core.temporal import connect
+from tests.helpers import serve_app
 from tickler import devstack
 from tickler.migrate import upgrade
 from tickler.worker import build_worker
-from web.app import create_app
 
 
 @dataclass
@@ -125,15 +122,5 @@ async def worker(
 @pytest.fixture(scope="session")
 async def web_url(settings: Settings, worker: Worker) -> AsyncIterator[str]:
     """The web app served by Hypercorn on a free port: real HTTP, real streaming."""
-    port = devstack.free_port()
-    app = create_app(settings.model_copy(update={"web_port": port}))
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.graceful_timeout = 2
-    stop = asyncio.Event()
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
-    await asyncio.to_thread(devstack.wait_for_port, "127.0.0.1", port, 30.0)
-    yield f"http://127.0.0.1:{port}"
-    stop.set()
-    await server
+    async with serve_app(settings) as (url, _):
+        yield url

@@ -6,29 +6,52 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar, cast, overload
 
+import httpx
+from httpx_sse import ServerSentEvent
+from httpx_sse._decoders import SSEDecoder
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from quart import Quart
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.tasks import TaskActivities
 from core.auth import mint_token
+from core.db import make_sessionmaker
+from core.models import Notification, Task
 from core.payloads import TaskState
 from core.settings import Settings
+from tickler import devstack
+from tickler.worker import build_worker
+from web.app import create_app
+from web.resources import EXTENSION_KEY
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_until(
-    probe: Callable[[], Awaitable[T] | T],
-    *,
-    within: float = 15.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> T:
+    probe: Callable[[], Awaitable[T]], *, within: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+@overload
+async def wait_until(
+    probe: Callable[[], T], *, within: float = ..., interval: float = ..., what: str = ...
+) -> T: ...
+async def wait_until(
+    probe: Callable[[], Any], *, within: float = 15.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Call ``probe`` (sync or async) until it returns something truthy; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while True:
         result = probe()
-        value: T = await result if inspect.isawaitable(result) else result
+        value = await result if inspect.isawaitable(result) else result
         if value:
             return value
         if time.monotonic() > deadline:
@@ -63,3 +86,155 @@ def task_state(
     }
     values.update(fields)
     return TaskState.model_validate(values)
+
+
+def task_row(*, org: str, user: str = "7", **fields: object) -> Task:
+    """A tasks row as the workflow writes it, for tests that need one (a notification's foreign key)."""
+    now = datetime.now(UTC)
+    values: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "organization_id": org,
+        "assignee_id": user,
+        "created_by": user,
+        "title": "Call Ana back",
+        "notes": None,
+        "due_at": now,
+        "status": "open",
+        "reminder_offsets": [0],
+        "timezone": "UTC",
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(fields)
+    return Task(**values)
+
+
+def notification_row(task: Task, *, key: str, user: str | None = None, **fields: object) -> Notification:
+    """A notifications row as the delivery activity writes it; ``key`` makes its dedupe key unique."""
+    values: dict[str, object] = {
+        "organization_id": task.organization_id,
+        "user_id": user or task.assignee_id,
+        "task_id": task.id,
+        "dedupe_key": f"{task.id}/{key}",
+        "payload": {"title": task.title},
+        "due_at": task.due_at,
+    }
+    values.update(fields)
+    return Notification(**values)
+
+
+# -- streams ---------------------------------------------------------------------------------------
+
+STREAM = "/v1/notifications/stream"
+HEARTBEAT = ": heartbeat"
+# Several heartbeats (1 s in the test settings) long.
+STREAM_DEADLINE = 10.0
+
+
+class StreamReader:
+    """Reads a stream line by line as a browser would, keeping the raw lines and the decoded events."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines: list[str] = []
+        self.events: list[ServerSentEvent] = []
+        self._decoder = SSEDecoder()
+        self._lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+
+    async def read_until(self, done: Callable[[str], bool], *, within: float = STREAM_DEADLINE) -> None:
+        """Read until a line satisfies ``done``; fail after ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while True:
+                line = await anext(self._lines)
+                self.lines.append(line)
+                event = self._decoder.decode(line)
+                if event is not None:
+                    self.events.append(event)
+                if done(line):
+                    return
+
+    async def read_past_heartbeat(self) -> None:
+        # The heartbeat comes only from the live loop, after an idle second: the replay is over by then.
+        await self.read_until(lambda line: line == HEARTBEAT)
+
+    @property
+    def notifications(self) -> list[ServerSentEvent]:
+        return [e for e in self.events if e.event == "notification"]
+
+    @property
+    def notification_ids(self) -> list[int]:
+        return [int(e.id) for e in self.notifications]
+
+    async def aclose(self) -> None:
+        await self._lines.aclose()
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient,
+    headers: dict[str, str] | dict[bytes, bytes],
+    params: dict[str, str] | None = None,
+) -> AsyncIterator[StreamReader]:
+    async with client.stream("GET", STREAM, headers=headers, params=params) as response:
+        assert response.status_code == 200, await response.aread()
+        reader = StreamReader(response)
+        try:
+            yield reader
+        finally:
+            await reader.aclose()
+
+
+async def insert_notifications(
+    sessionmaker: async_sessionmaker[AsyncSession], org: str, user: str, count: int
+) -> list[int]:
+    """``count`` notification rows of (org, user), behind one task row; their ids, ascending."""
+    task = task_row(org=org, user=user)
+    rows = [notification_row(task, key=str(n), payload={"title": f"Call Ana #{n}"}) for n in range(count)]
+    async with sessionmaker() as session, session.begin():
+        session.add(task)
+        await session.flush()
+        for row in rows:
+            # One at a time, so that ids grow in the order of the list.
+            session.add(row)
+            await session.flush()
+    return [row.id for row in rows]
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve_app(settings: Settings) -> AsyncIterator[tuple[str, Quart]]:
+    """A web app of its own, served by Hypercorn on a free port: real HTTP, real streaming."""
+    port = devstack.free_port()
+    app = create_app(settings.model_copy(update={"web_port": port}))
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 2
+    stop = asyncio.Event()
+
+    async def shutdown() -> None:
+        await stop.wait()
+        resources = app.extensions.get(EXTENSION_KEY)
+        if resources is not None:
+            resources.hub.close_all()
+
+    server = asyncio.create_task(serve(app, config, shutdown_trigger=shutdown))
+    try:
+        await asyncio.to_thread(devstack.wait_for_port, "127.0.0.1", port, 30.0)
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        stop.set()
+        await server
+
+
+@asynccontextmanager
+async def run_worker(
+    temporal: Client, settings: Settings, engine: AsyncEngine, redis: Redis
+) -> AsyncIterator[Worker]:
+    """A worker of its own (its own task queue in ``settings``), with its own engine and Redis client."""
+    activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel)
+    async with build_worker(temporal, settings, activities) as worker:
+        yield worker

@@ -17,6 +17,8 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic announces each of its plugins at INFO on every `tickler migrate` and `tickler run`.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _refuse_dev_secret(settings: Settings) -> None:

@@ -291,7 +291,7 @@ def _spawn(
             env=env,
             # Ctrl-C reaches only the supervisor, which stops the servers in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent(stop_signal),
+            preexec_fn=die_with_parent(stop_signal),
             user=None if user is None else user.pw_uid,
             group=None if user is None else user.pw_gid,
             extra_groups=None if user is None else [],
@@ -299,7 +299,7 @@ def _spawn(
     return ManagedProcess(name, popen, address, log_path, stop_signal)
 
 
-def _die_with_parent(death_signal: signal.Signals) -> Callable[[], None] | None:
+def die_with_parent(death_signal: signal.Signals) -> Callable[[], None] | None:
     """A preexec_fn that makes the kernel send ``death_signal`` when the starting process dies."""
     if not sys.platform.startswith("linux"):
         return None

@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
-from urllib.parse import urlsplit
 
 from core.settings import Settings
 from tickler import devstack
@@ -23,13 +24,29 @@ from tickler.migrate import upgrade
 log = logging.getLogger("tickler.run")
 
 
-def _port(url: str, default: int) -> int:
-    return urlsplit(url if "://" in url else f"//{url}").port or default
-
-
 def _spawn(name: str, env: dict[str, str]) -> devstack.ManagedProcess:
-    popen = subprocess.Popen([sys.executable, "-m", "tickler", name], env=env, start_new_session=True)
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "tickler", name],
+        env=env,
+        start_new_session=True,
+        # As the servers do: should `tickler run` be killed outright, the worker and the web process go too,
+        # instead of holding the web port and polling servers that are gone.
+        preexec_fn=devstack.die_with_parent(signal.SIGTERM),
+    )
     return devstack.ManagedProcess(name=name, popen=popen, address="", log_path=None)
+
+
+def _probe_host(host: str) -> str:
+    """Where to check a server that binds ``host``: a wildcard address is reached on the loopback."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def run_stack(settings: Settings) -> int:
@@ -41,13 +58,23 @@ def run_stack(settings: Settings) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only a flag: an exception raised from here could land anywhere, in a fork handler holding the
+        # logging lock say, and hang the process. Start-up checks the flag between its steps.
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
+    web_address = (_probe_host(settings.web_host), settings.web_port)
+    if _answers(*web_address):
+        # Else the start-up would take that server for ours, only to find out after starting everything.
+        log.error("%s:%d is in use: stop what listens there, or set TICKLER_WEB_PORT", *web_address)
+        return 1
+
     def start(name: str, starter: Callable[[], devstack.ManagedProcess], env_name: str) -> None:
+        if stop.is_set():
+            return
         log.info("starting %s", name)
         proc = starter()
         processes.append(proc)
@@ -55,22 +82,42 @@ def run_stack(settings: Settings) -> int:
 
     try:
         if "database_url" not in configured:
-            port = _port(settings.database_url, 55432)
-            start("PostgreSQL", lambda: devstack.start_postgres(data_dir, port), "TICKLER_DATABASE_URL")
+            start(
+                "PostgreSQL",
+                lambda: devstack.start_postgres(data_dir, settings.embedded_postgres_port),
+                "TICKLER_DATABASE_URL",
+            )
         if "redis_url" not in configured:
-            port = _port(settings.redis_url, 56379)
-            start("Redis", lambda: devstack.start_redis(data_dir, port), "TICKLER_REDIS_URL")
+            start(
+                "Redis",
+                lambda: devstack.start_redis(data_dir, settings.embedded_redis_port),
+                "TICKLER_REDIS_URL",
+            )
         if "temporal_address" not in configured:
-            port = _port(settings.temporal_address, 7233)
             start(
                 "Temporal dev server",
-                lambda: devstack.start_temporal(data_dir, port, settings.temporal_ui_port),
+                lambda: devstack.start_temporal(
+                    data_dir, settings.embedded_temporal_port, settings.temporal_ui_port
+                ),
                 "TICKLER_TEMPORAL_ADDRESS",
             )
+        if stop.is_set():
+            return 0
         log.info("applying migrations")
         upgrade(env.get("TICKLER_DATABASE_URL", settings.database_url))
+        if stop.is_set():
+            return 0
         for name in ("worker", "web"):
             processes.append(_spawn(name, env))
+        # "Tickler is up" only once the API answers, for whoever waits on this output.
+        web_process = processes[-1].popen
+        deadline = time.monotonic() + devstack.STARTUP_TIMEOUT
+        while not _answers(*web_address):
+            if stop.wait(0.05):
+                return 0
+            if web_process.poll() is not None or time.monotonic() > deadline:
+                log.error("the web server did not start; stopping the stack")
+                return 1
         web = f"http://{settings.web_host}:{settings.web_port}"
         print(
             "\nTickler is up:\n"

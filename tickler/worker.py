@@ -24,7 +24,7 @@ def build_worker(client: Client, settings: Settings, activities: TaskActivities)
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[TaskWorkflow],
-        activities=[activities.save_task, activities.deliver_reminder],
+        activities=[activities.save_task, activities.next_occurrence, activities.deliver_reminder],
     )
 
 

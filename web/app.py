@@ -15,6 +15,7 @@ from core.temporal import connect
 from web import health
 from web.errors import register_error_handlers
 from web.notifications.routes import blueprint as notifications
+from web.requests import JSONRequest
 from web.resources import EXTENSION_KEY, Resources
 from web.stream.hub import StreamHub
 from web.stream.routes import blueprint as stream
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or get_settings()
     app = Quart(__name__)
+    app.request_class = JSONRequest
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     QuartSchema(
         app,

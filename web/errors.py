@@ -53,8 +53,6 @@ def register_error_handlers(app: Quart) -> None:
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         detail = error.description or error.name
-        if status == 400 and "JSON" in detail.upper():
-            detail = "The body is not valid JSON; send a JSON object with Content-Type: application/json."
         problem = {"type": "about:blank", "title": error.name, "status": status, "detail": detail}
         headers = dict(error.get_headers())
         headers.pop("Content-Type", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 
 from hypercorn.asyncio import serve
@@ -18,6 +19,8 @@ async def serve_web(settings: Settings) -> None:
     config = Config()
     config.bind = [f"{settings.web_host}:{settings.web_port}"]
     config.accesslog = None
+    # Hypercorn would add its own handler to its error logger, so that every line printed twice.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

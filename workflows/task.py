@@ -1,32 +1,76 @@
-"""One workflow per task: it sleeps on a durable timer until the reminder is due, then delivers it.
+"""One workflow per task: it sleeps on a durable timer until each reminder is due, then delivers it.
 
-The workflow is the only writer of its ``tasks`` row (see docs/decisions.md): every change goes into
-the workflow first and reaches PostgreSQL through the ``save_task`` local activity.
+The workflow is the only writer of its ``tasks`` row (docs/decisions.md): every change, from the REST
+API (the ``change`` update) or from another service (the signals), goes into the workflow first and
+reaches PostgreSQL through the ``save_task`` local activity. Changes are checked by one function,
+:func:`check_change`: an update's validator rejects a bad one before it enters the history, a signal's
+handler drops it with a log line and a metric, so nothing a caller sends can wedge the workflow.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from core.payloads import (
+        CHANGE_UPDATE,
         DELIVER_REMINDER,
+        NEXT_OCCURRENCE,
         SAVE_TASK,
+        STATE_QUERY,
         SYNC_UPDATE,
         TASK_WORKFLOW,
         DeliverReminderInput,
+        NextOccurrenceInput,
+        TaskChange,
         TaskState,
         TaskWorkflowInput,
     )
     from core.temporal import DUE_AT, TASK_STATUS
 
-SAVE_TIMEOUT = timedelta(seconds=10)
+LOCAL_TIMEOUT = timedelta(seconds=10)
 DELIVER_TIMEOUT = timedelta(seconds=30)
 DELIVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# Well below Temporal's limits (51,200 events): a wake-up replays the history, so keep it short.
+MAX_HISTORY_EVENTS = 2_000
+RECENT_REQUEST_IDS = 100
+LATEST_DUE = timedelta(days=366 * 10)
+
+
+class ChangeRejected(ApplicationError):
+    """A change that does not fit the task's state; the REST API answers 409 or 422 with its message."""
+
+    def __init__(self, message: str, *, conflict: bool) -> None:
+        super().__init__(message, type="Conflict" if conflict else "Invalid", non_retryable=True)
+
+
+def check_change(state: TaskState, change: TaskChange, now: datetime) -> None:
+    """Raise ChangeRejected if ``change`` cannot apply to ``state`` at ``now``."""
+    if change.organization_id is not None and change.organization_id != state.organization_id:
+        raise ChangeRejected("the change names another organization", conflict=False)
+    if state.status != "open":
+        raise ChangeRejected(f"the task is {state.status}", conflict=True)
+    if change.action in ("reschedule", "snooze") or change.due_at is not None:
+        new_due = _new_due(state, change, now)
+        if new_due is None:
+            raise ChangeRejected(f"{change.action} needs a new time", conflict=False)
+        if new_due > now + LATEST_DUE:
+            raise ChangeRejected("the new due time is more than ten years ahead", conflict=False)
+
+
+def _new_due(state: TaskState, change: TaskChange, now: datetime) -> datetime | None:
+    if change.action == "snooze":
+        if change.until is not None:
+            return change.until
+        return now + timedelta(minutes=change.minutes) if change.minutes is not None else None
+    return change.due_at
 
 
 @workflow.defn(name=TASK_WORKFLOW)
@@ -34,27 +78,41 @@ class TaskWorkflow:
     @workflow.init
     def __init__(self, input: TaskWorkflowInput) -> None:
         self.state = input.state
-        self.saved_version = 0
+        # What the search attributes say (set at start, or by the previous run).
+        self.indexed = (input.state.status, input.state.due_at)
+        # A continued run starts with a row that is already saved.
+        self.saved_version = input.state.version if input.saved else 0
         # Set by every change; the main loop's waits wake up on it.
         self.changed = False
 
     @workflow.run
     async def run(self, input: TaskWorkflowInput) -> TaskState:
         while True:
+            if self._history_is_long() and workflow.all_handlers_finished():
+                # Checked first, so that a storm of signals cannot postpone it; an update in flight
+                # waits for a save, so it is let finish first. The next run saves what is not saved yet.
+                saved = self.saved_version >= self.state.version
+                workflow.continue_as_new(TaskWorkflowInput(state=self.state, saved=saved))
             if self.saved_version < self.state.version:
                 await self._save()
             elif self.state.status != "open":
                 break
-            elif self.state.reminder_pending:
-                if await self._sleep_until_due():
-                    await self._deliver()
+            elif reminders := self.state.pending_reminders():
+                fire_at, offset = reminders[0]
+                if await self._sleep_until(fire_at):
+                    await self._deliver(offset)
+            elif self.state.recurrence is not None:
+                if await self._sleep_until(self.state.due_at):
+                    await self._advance_to_next_occurrence()
             else:
                 self.changed = False
                 await workflow.wait_condition(lambda: self.changed)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.state
 
-    @workflow.query
+    # -- the interface -------------------------------------------------------------------------------
+
+    @workflow.query(name=STATE_QUERY)
     def current(self) -> TaskState:
         return self.state
 
@@ -64,9 +122,119 @@ class TaskWorkflow:
         await workflow.wait_condition(lambda: self.saved_version >= self.state.version)
         return self.state
 
-    async def _sleep_until_due(self) -> bool:
-        """Wait for due_at; False if a change came first (the loop then looks again)."""
-        delay = (self.state.due_at - workflow.now()).total_seconds()
+    @workflow.update(name=CHANGE_UPDATE)
+    async def change(self, change: TaskChange) -> TaskState:
+        """Apply a change from the REST API; returns once the row shows it."""
+        self._apply(change)
+        version = self.state.version
+        await workflow.wait_condition(lambda: self.saved_version >= version)
+        return self.state
+
+    @change.validator
+    def _validate_change(self, change: TaskChange) -> None:
+        if change.request_id is None or change.request_id not in self.state.recent_request_ids:
+            check_change(self.state, change, workflow.now())
+
+    # Signals for other services, e.g. `temporal workflow signal --name reschedule --input '{"due_at": ...}'`.
+    # They take the raw JSON so that a malformed payload reaches our own check instead of being dropped
+    # by the data converter without a trace.
+
+    @workflow.signal(name="reschedule")
+    def reschedule_signal(self, payload: Any = None) -> None:
+        self._signal("reschedule", payload)
+
+    @workflow.signal(name="snooze")
+    def snooze_signal(self, payload: Any = None) -> None:
+        self._signal("snooze", payload)
+
+    @workflow.signal(name="complete")
+    def complete_signal(self, payload: Any = None) -> None:
+        self._signal("complete", payload)
+
+    @workflow.signal(name="cancel")
+    def cancel_signal(self, payload: Any = None) -> None:
+        self._signal("cancel", payload)
+
+    def _signal(self, action: str, payload: Any) -> None:
+        try:
+            if payload is not None and not isinstance(payload, dict):
+                raise ChangeRejected("the payload must be a JSON object", conflict=False)
+            change = TaskChange.model_validate({**(payload or {}), "action": action})
+            if change.request_id is None or change.request_id not in self.state.recent_request_ids:
+                check_change(self.state, change, workflow.now())
+        except (ValidationError, ChangeRejected) as exc:
+            workflow.logger.warning("rejected %s signal for task %s: %s", action, self.state.task_id, exc)
+            workflow.metric_meter().create_counter(
+                "tickler_rejected_signals", "Signals refused by a task workflow"
+            ).add(1, {"signal": action})
+            return
+        self._apply(change)
+
+    # -- state changes -------------------------------------------------------------------------------
+
+    def _apply(self, change: TaskChange) -> None:
+        state = self.state
+        if change.request_id is not None:
+            if change.request_id in state.recent_request_ids:
+                return
+            ids = (*state.recent_request_ids, change.request_id)[-RECENT_REQUEST_IDS:]
+            state = state.model_copy(update={"recent_request_ids": ids})
+        now = workflow.now()
+        fields: dict[str, Any] = {}
+        if change.action == "complete":
+            fields["status"] = "done"
+        elif change.action == "cancel":
+            fields["status"] = "cancelled"
+        else:
+            new_due = _new_due(state, change, now)
+            if new_due is not None:
+                fields["due_at"] = new_due
+            if change.title is not None:
+                fields["title"] = change.title
+            if change.notes is not None:
+                fields["notes"] = change.notes or None
+            if change.reminder_offsets is not None:
+                fields["reminder_offsets"] = change.reminder_offsets
+            if change.timezone is not None:
+                fields["timezone"] = change.timezone
+            if change.recurrence is not None:
+                fields["recurrence"] = change.recurrence
+            elif change.clear_recurrence:
+                fields["recurrence"] = None
+        self.state = state
+        self._change(now, **fields)
+
+    def _change(self, now: datetime, **fields: Any) -> None:
+        """A new version for the row; a new schedule if due_at or the reminders moved; search attributes."""
+        old = self.state
+        new = old.model_copy(update={**fields, "version": old.version + 1, "updated_at": now})
+        if new.due_at != old.due_at or new.reminder_offsets != old.reminder_offsets:
+            new = new.model_copy(update={"schedule_revision": old.schedule_revision + 1})
+            new = new.skipping_passed_reminders(now)
+        self.state = new
+        self.changed = True
+
+    async def _advance_to_next_occurrence(self) -> None:
+        state = self.state
+        assert state.recurrence is not None
+        following: datetime | None = await workflow.execute_local_activity(
+            NEXT_OCCURRENCE,
+            NextOccurrenceInput(recurrence=state.recurrence, timezone=state.timezone, after=state.due_at),
+            result_type=datetime,
+            start_to_close_timeout=LOCAL_TIMEOUT,
+        )
+        if self.state is not state:
+            return  # changed meanwhile: the loop looks again
+        if following is None:
+            self._change(workflow.now(), recurrence=None)
+        else:
+            self._change(workflow.now(), due_at=following)
+
+    # -- time and activities -------------------------------------------------------------------------
+
+    async def _sleep_until(self, moment: datetime) -> bool:
+        """Wait until ``moment``; False if a change came first (the loop then looks again)."""
+        delay = (moment - workflow.now()).total_seconds()
         if delay <= 0:
             return True
         self.changed = False
@@ -76,12 +244,30 @@ class TaskWorkflow:
             return True
         return False
 
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > MAX_HISTORY_EVENTS
+
     async def _save(self) -> None:
         version = self.state.version
-        await workflow.execute_local_activity(SAVE_TASK, self.state, start_to_close_timeout=SAVE_TIMEOUT)
+        self._index()
+        await workflow.execute_local_activity(SAVE_TASK, self.state, start_to_close_timeout=LOCAL_TIMEOUT)
         self.saved_version = max(self.saved_version, version)
 
-    async def _deliver(self) -> None:
+    def _index(self) -> None:
+        """Bring the search attributes up to date with the row: once per save, not per change, and only
+        what changed, since every upsert is a command and an event."""
+        status, due_at = self.state.status, self.state.due_at
+        updates: list[SearchAttributeUpdate[Any]] = []
+        if status != self.indexed[0]:
+            updates.append(TASK_STATUS.value_set(status))
+        if due_at != self.indexed[1]:
+            updates.append(DUE_AT.value_set(due_at))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+            self.indexed = (status, due_at)
+
+    async def _deliver(self, offset: int) -> None:
         state = self.state
         try:
             await workflow.execute_activity(
@@ -89,29 +275,18 @@ class TaskWorkflow:
                 DeliverReminderInput(
                     task_id=state.task_id,
                     organization_id=state.organization_id,
-                    dedupe_key=state.dedupe_key,
+                    dedupe_key=state.dedupe_key(offset),
                     due_at=state.due_at,
+                    offset_seconds=offset,
                 ),
                 start_to_close_timeout=DELIVER_TIMEOUT,
                 retry_policy=DELIVER_RETRY,
             )
         except ActivityError as exc:
             # Only non-retryable failures get here (the task's row or organization is gone): nothing
-            # will ever deliver this occurrence, so mark it done rather than retry it forever.
-            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key, exc.cause)
-        # Recording delivery needs no save: the notification row itself is the durable record.
-        revision = max(self.state.delivered_revision, state.schedule_revision)
-        self.state = self.state.model_copy(update={"delivered_revision": revision})
-
-    def _change(self, **fields: object) -> None:
-        """Apply a change: a new version for the row, fresh search attributes, and wake the loop."""
-        old = self.state
-        self.state = old.model_copy(
-            update={**fields, "version": old.version + 1, "updated_at": workflow.now()}
-        )
-        if self.state.due_at != old.due_at:
-            self.state = self.state.model_copy(update={"schedule_revision": old.schedule_revision + 1})
-        workflow.upsert_search_attributes(
-            [TASK_STATUS.value_set(self.state.status), DUE_AT.value_set(self.state.due_at)]
-        )
-        self.changed = True
+            # will ever deliver this occurrence, so it counts as done rather than retried forever.
+            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
+        if self.state.schedule_revision == state.schedule_revision:
+            # No save needed: the notification row is the durable record of the delivery.
+            done = (*self.state.done_offsets, offset)
+            self.state = self.state.model_copy(update={"done_offsets": done})

@@ -1,14 +1,20 @@
-"""The inbox: a user's notifications, newest first."""
+"""The inbox: a user's notifications, newest first, and their read state."""
 
 from __future__ import annotations
 
 from quart import Blueprint
 from quart_schema import validate_querystring, validate_response
-from sqlalchemy import select
 
-from core.models import Notification, notification_message
+from core.models import notification_message
 from web.auth import authenticated, principal
-from web.notifications.schemas import NotificationOut, NotificationPage, NotificationQuery
+from web.notifications import service
+from web.notifications.schemas import (
+    NotificationOut,
+    NotificationPage,
+    NotificationQuery,
+    ReadAllResult,
+    UnreadCount,
+)
 from web.resources import resources
 
 blueprint = Blueprint("notifications", __name__, url_prefix="/v1/notifications")
@@ -19,21 +25,42 @@ blueprint = Blueprint("notifications", __name__, url_prefix="/v1/notifications")
 @validate_querystring(NotificationQuery)
 @validate_response(NotificationPage)
 async def list_notifications(query_args: NotificationQuery) -> NotificationPage:
-    """Your notifications in your organization, newest first, a page at a time."""
-    who = principal()
-    stmt = (
-        select(Notification)
-        .where(Notification.organization_id == who.organization_id, Notification.user_id == who.user_id)
-        .order_by(Notification.id.desc())
-        .limit(query_args.limit + 1)
-    )
-    if query_args.cursor is not None:
-        stmt = stmt.where(Notification.id < int(query_args.cursor))
-    async with resources().sessionmaker() as session:
-        rows = (await session.scalars(stmt)).all()
-    page = rows[: query_args.limit]
-    more = len(rows) > query_args.limit
-    return NotificationPage(
-        items=[NotificationOut.model_validate(notification_message(n)) for n in page],
-        next_cursor=str(page[-1].id) if more else None,
-    )
+    """Your notifications in your organization, newest first, a page at a time; `unread=true` filters."""
+    rows, cursor = await service.page(resources(), principal(), query_args)
+    items = [NotificationOut.model_validate(notification_message(n)) for n in rows]
+    return NotificationPage(items=items, next_cursor=cursor)
+
+
+@blueprint.get("/unread-count")
+@authenticated
+@validate_response(UnreadCount)
+async def unread_count() -> UnreadCount:
+    """How many of your notifications are unread: the bell's badge."""
+    return UnreadCount(count=await service.unread_count(resources(), principal()))
+
+
+@blueprint.post("/<int:notification_id>/read")
+@authenticated
+@validate_response(NotificationOut)
+async def mark_read(notification_id: int) -> NotificationOut:
+    """Mark one notification read; your other tabs get `event: notification.read`."""
+    row = await service.set_read(resources(), principal(), notification_id, read=True)
+    return NotificationOut.model_validate(notification_message(row))
+
+
+@blueprint.post("/<int:notification_id>/unread")
+@authenticated
+@validate_response(NotificationOut)
+async def mark_unread(notification_id: int) -> NotificationOut:
+    """Mark one notification unread again; your other tabs get `event: notification.read`."""
+    row = await service.set_read(resources(), principal(), notification_id, read=False)
+    return NotificationOut.model_validate(notification_message(row))
+
+
+@blueprint.post("/read-all")
+@authenticated
+@validate_response(ReadAllResult)
+async def read_all() -> ReadAllResult:
+    """Mark every notification of yours read."""
+    updated, unread = await service.read_all(resources(), principal())
+    return ReadAllResult(updated=updated, unread_count=unread)

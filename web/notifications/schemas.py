@@ -5,19 +5,27 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class NotificationOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     id: int
     task_id: uuid.UUID
     kind: str
     title: str
+    offset_seconds: int = Field(0, description="The reminder's offset before due_at (0: at due time).")
     due_at: datetime
-    created_at: datetime
+    created_at: datetime = Field(description="When the reminder fired.")
     read_at: datetime | None
+
+
+class UnreadCount(BaseModel):
+    count: int
+
+
+class ReadAllResult(BaseModel):
+    updated: int = Field(description="How many notifications were marked read.")
+    unread_count: int
 
 
 class NotificationPage(BaseModel):
@@ -26,7 +34,16 @@ class NotificationPage(BaseModel):
 
 
 class NotificationQuery(BaseModel):
+    unread: bool | None = Field(None, description="true: only unread ones; false: only read ones.")
     limit: int = Field(50, ge=1, le=200)
     cursor: str | None = Field(
         None, pattern=r"^[0-9]{1,19}$", description="`next_cursor` of the previous page."
     )
+
+    @field_validator("cursor")
+    @classmethod
+    def _fits_a_bigint(cls, value: str | None) -> str | None:
+        # 19 digits can exceed the bigint of notifications.id, which the database driver refuses.
+        if value is not None and int(value) >= 2**63:
+            raise ValueError("is not a `next_cursor` this API gave")
+        return value

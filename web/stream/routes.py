@@ -1,13 +1,16 @@
 """``GET /v1/notifications/stream``: each user's notifications as Server-Sent Events.
 
-Subscribe first, then replay from PostgreSQL what is newer than Last-Event-ID, then go live: nothing
-committed in between is missed, and ids already sent are dropped at the seam.
+PostgreSQL is the log; a message from the hub only wakes the stream up. The stream subscribes first,
+then sends every row after the last id (Last-Event-ID, or the newest id when the client brings none),
+and on each wake-up sends the rows after the last id it sent. Ids of one user commit in id order (the
+delivery activity takes a per-user lock), so "after the last id sent" never skips nor repeats a row,
+whatever Redis loses, repeats or reorders.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import re
 from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, json, request
@@ -23,35 +26,19 @@ from web.stream.sse import HEARTBEAT, format_event, format_retry
 blueprint = Blueprint("stream", __name__)
 
 REPLAY_BATCH = 200
-# Ids recently sent, to drop duplicates (the replay/live seam, a re-published retry).
-RECENT_IDS = 4096
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
 
 
 def parse_last_event_id(raw: str | None) -> int | None:
-    """A garbage or negative id means "no replay": it must reveal nothing, nor fail."""
-    if raw is None or not raw.strip().isdigit():
+    """A garbage id means "no replay": it must reveal nothing, nor fail."""
+    # ASCII digits only: str.isdigit() also accepts "²" or "٣", on which int() fails or surprises.
+    if raw is None or not _EVENT_ID.fullmatch(raw.strip()):
         return None
     value = int(raw.strip())
-    return value if 0 <= value < 2**63 else None
+    return value if value < 2**63 else None
 
 
-class _Sent:
-    def __init__(self) -> None:
-        self.ids: OrderedDict[int, None] = OrderedDict()
-
-    def add(self, id: int) -> bool:
-        """Remember an id; False if it was sent already."""
-        if id in self.ids:
-            return False
-        self.ids[id] = None
-        if len(self.ids) > RECENT_IDS:
-            self.ids.popitem(last=False)
-        return True
-
-
-async def _replay(
-    res: Resources, who: Principal, after: int, sent: _Sent
-) -> AsyncIterator[tuple[int, bytes]]:
+async def _rows_after(res: Resources, who: Principal, after: int) -> AsyncIterator[Notification]:
     while True:
         async with res.sessionmaker() as session:
             rows = (
@@ -68,11 +55,7 @@ async def _replay(
             ).all()
         for row in rows:
             after = row.id
-            if sent.add(row.id):
-                yield (
-                    row.id,
-                    format_event(json.dumps(notification_message(row)), event="notification", id=str(row.id)),
-                )
+            yield row
         if len(rows) < REPLAY_BATCH:
             return
 
@@ -87,22 +70,27 @@ async def _newest_id(res: Resources, who: Principal) -> int:
     return newest or 0
 
 
+def _notification_event(row: Notification) -> bytes:
+    return format_event(json.dumps(notification_message(row)), event="notification", id=str(row.id))
+
+
 async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncIterator[bytes]:
     settings = res.settings
-    sent = _Sent()
     getter: asyncio.Task[StreamItem] | None = None
-    # Subscribed before the first query, so that what commits meanwhile arrives live.
+    # Subscribed before the first query, so that what commits meanwhile wakes the stream up.
     sub = res.hub.subscribe(who.organization_id, who.user_id)
     try:
         yield format_retry(settings.sse_retry_ms)
+        # With an id from the client, send what came after it; without, start from the newest row.
+        catch_up = last_id is not None
         if last_id is None:
-            # Where a resync after a lost Redis subscription starts from.
             last_id = await _newest_id(res, who)
-        else:
-            async for id, chunk in _replay(res, who, last_id, sent):
-                last_id = id
-                yield chunk
         while True:
+            if catch_up:
+                async for row in _rows_after(res, who, last_id):
+                    last_id = row.id
+                    yield _notification_event(row)
+                catch_up = False
             if getter is None:
                 getter = asyncio.ensure_future(sub.queue.get())
             done, _ = await asyncio.wait({getter}, timeout=settings.sse_heartbeat_seconds)
@@ -114,16 +102,12 @@ async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncI
             if item is Control.CLOSE:
                 return
             if item is Control.RESYNC:
-                async for id, chunk in _replay(res, who, last_id, sent):
-                    last_id = id
-                    yield chunk
-                continue
-            assert not isinstance(item, Control)
-            if item.id is not None:
-                if not sent.add(item.id):
-                    continue
-                last_id = max(last_id, item.id)
-            yield format_event(json.dumps(item.data), event=item.event, id=str(item.id) if item.id else None)
+                catch_up = True
+            elif item.id is None:
+                # An event with no row of its own (e.g. a read-state change): forwarded as it is.
+                yield format_event(json.dumps(item.data), event=item.event)
+            else:
+                catch_up = item.id > last_id
     finally:
         # Runs on a client disconnect too (CancelledError at the await above, re-raised after this).
         if getter is not None:

@@ -1,31 +1,58 @@
-"""REST routes of tasks."""
+"""REST routes of tasks. Every route is scoped to the caller's organization."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from quart import Blueprint
-from quart_schema import validate_request, validate_response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from quart import Blueprint, Response
+from quart_schema import validate_headers, validate_querystring, validate_request, validate_response
 
+from core.payloads import TaskChange
 from web.auth import authenticated, principal
 from web.resources import resources
 from web.tasks import service
-from web.tasks.schemas import TaskCreate, TaskOut
+from web.tasks.schemas import SnoozeRequest, TaskCreate, TaskOut, TaskPage, TaskQuery, TaskUpdate
 
 blueprint = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
 
 
+class CreateHeaders(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    idempotency_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None
+    ) = Field(
+        None,
+        alias="Idempotency-Key",
+        description="Retrying with the same key and body returns the same task and creates nothing new.",
+    )
+
+
 @blueprint.post("")
 @authenticated
+@validate_headers(CreateHeaders)
 @validate_request(TaskCreate)
 @validate_response(TaskOut, 201)
-async def create_task(data: TaskCreate) -> tuple[TaskOut, int]:
-    """Create a task; its reminder fires at `due_at`.
+async def create_task(data: TaskCreate, headers: CreateHeaders) -> tuple[TaskOut, int, dict[str, str]]:
+    """Create a task; its reminders fire at `due_at` minus each offset.
 
-    Answers once the task is stored and its timer armed.
+    Answers once the task is stored and its timer armed. With an `Idempotency-Key`, a retry returns the
+    same task (header `Idempotent-Replayed: true`); the same key with another body answers 422.
     """
-    state = await service.create_task(resources(), principal(), data)
-    return TaskOut.from_state(state), 201
+    state, created = await service.create_task(resources(), principal(), data, headers.idempotency_key)
+    return TaskOut.from_state(state), 201, {} if created else {"Idempotent-Replayed": "true"}
+
+
+@blueprint.get("")
+@authenticated
+@validate_querystring(TaskQuery)
+@validate_response(TaskPage)
+async def list_tasks(query_args: TaskQuery) -> TaskPage:
+    """Tasks of your organization, soonest due first, a page at a time."""
+    rows, cursor = await service.list_tasks(resources(), principal(), query_args)
+    return TaskPage(items=[TaskOut.model_validate(r, from_attributes=True) for r in rows], next_cursor=cursor)
 
 
 @blueprint.get("/<uuid:task_id>")
@@ -35,3 +62,50 @@ async def get_task(task_id: uuid.UUID) -> TaskOut:
     """One task of your organization."""
     task = await service.get_task(resources(), principal(), task_id)
     return TaskOut.model_validate(task, from_attributes=True)
+
+
+@blueprint.patch("/<uuid:task_id>")
+@authenticated
+@validate_request(TaskUpdate)
+@validate_response(TaskOut)
+async def update_task(task_id: uuid.UUID, data: TaskUpdate) -> TaskOut:
+    """Change a task; a new `due_at` reschedules every reminder. 409 if the task is done or cancelled."""
+    sent = data.model_fields_set
+    change = TaskChange(
+        action="edit",
+        title=data.title,
+        notes=("" if data.notes is None else data.notes) if "notes" in sent else None,
+        due_at=data.due_at,
+        reminder_offsets=tuple(data.reminder_offsets) if data.reminder_offsets is not None else None,
+        recurrence=data.recurrence,
+        clear_recurrence="recurrence" in sent and data.recurrence is None,
+        timezone=data.timezone,
+    )
+    return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))
+
+
+@blueprint.post("/<uuid:task_id>/snooze")
+@authenticated
+@validate_request(SnoozeRequest)
+@validate_response(TaskOut)
+async def snooze_task(task_id: uuid.UUID, data: SnoozeRequest) -> TaskOut:
+    """Move the task's due time to `until`, or `minutes` from now."""
+    change = TaskChange(action="snooze", until=data.until, minutes=data.minutes)
+    return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))
+
+
+@blueprint.post("/<uuid:task_id>/complete")
+@authenticated
+@validate_response(TaskOut)
+async def complete_task(task_id: uuid.UUID) -> TaskOut:
+    """Mark the task done: no reminder of it fires any more."""
+    change = TaskChange(action="complete")
+    return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))
+
+
+@blueprint.delete("/<uuid:task_id>")
+@authenticated
+async def cancel_task(task_id: uuid.UUID) -> Response:
+    """Cancel the task (status `cancelled`): no reminder of it fires any more. 204."""
+    await service.change_task(resources(), principal(), task_id, TaskChange(action="cancel"))
+    return Response(status=204)

@@ -1,32 +1,48 @@
-"""Task operations behind the routes: reads come from PostgreSQL, changes go through the task's workflow."""
+"""Task operations behind the routes: reads come from PostgreSQL, changes go through the task's workflow.
+
+The workflow is the only writer of the task's row (docs/decisions.md): a create starts it with
+update-with-start and a change is an Update; both return once the workflow has saved the row, so the
+answer and a following GET agree.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import select
-from temporalio.client import WithStartWorkflowOperation
+from sqlalchemy import Select, and_, or_, select
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.service import RPCError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.auth import Principal
-from core.errors import NotFound, Unavailable
+from core.errors import Conflict, NotFound, Unavailable, Unprocessable
 from core.models import Task
-from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, TaskState, TaskWorkflowInput
+from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, TASK_WORKFLOW, TaskChange, TaskState, TaskWorkflowInput
 from core.temporal import ASSIGNEE_ID, DUE_AT, ORGANIZATION_ID, TASK_STATUS, task_workflow_id
 from web.resources import Resources
-from web.tasks.schemas import TaskCreate
+from web.tasks.schemas import TaskCreate, TaskQuery
 
-# How long a request waits for the worker to confirm a change before answering 503.
-CONFIRM_TIMEOUT = timedelta(seconds=10)
+T = TypeVar("T")
+
+# Idempotency keys map to task ids in a namespace of their own.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c7a4e-4a57-4bd7-9c55-3f8a3c0d9e21")
 
 
 def _search_attributes(state: TaskState) -> TypedSearchAttributes:
@@ -40,49 +56,167 @@ def _search_attributes(state: TaskState) -> TypedSearchAttributes:
     )
 
 
-async def create_task(res: Resources, who: Principal, body: TaskCreate) -> TaskState:
-    """Start the task's workflow and wait until it has written the row: the workflow is the only writer."""
+async def _confirmed(res: Resources, call: Awaitable[T]) -> T:
+    """Wait for the workflow's answer; 503 if Temporal or the worker does not give it in time."""
+    try:
+        async with asyncio.timeout(res.settings.change_timeout_seconds):
+            return await call
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        # The SDK turns the timeout's cancellation into its own error.
+        raise Unavailable(
+            "No worker confirmed the change in time. It is recorded and will apply once a worker runs; "
+            "retry with the same Idempotency-Key to get the result."
+        ) from exc
+    except RPCError as exc:
+        raise Unavailable(f"Temporal is unavailable ({exc.status.name}); retry shortly.") from exc
+
+
+def _request_hash(body: TaskCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_request(state_hash: str | None, request_hash: str | None) -> None:
+    if request_hash is not None and state_hash != request_hash:
+        raise Unprocessable("This Idempotency-Key was used with a different body; use a new key.")
+
+
+async def create_task(
+    res: Resources, who: Principal, body: TaskCreate, idempotency_key: str | None = None
+) -> tuple[TaskState, bool]:
+    """Start the task's workflow and wait until it has written the row. Returns (task, created now)."""
     now = datetime.now(UTC)
+    request_hash = None
+    task_id = uuid.uuid4()
+    if idempotency_key is not None:
+        request_hash = _request_hash(body)
+        task_id = uuid.uuid5(
+            IDEMPOTENCY_NAMESPACE, f"{who.organization_id}\0{who.user_id}\0{idempotency_key}"
+        )
+        existing = await _find(res, who, task_id)
+        if existing is not None:
+            _same_request(existing.request_hash, request_hash)
+            return _state_of(existing), False
     state = TaskState(
-        task_id=uuid.uuid4(),
+        task_id=task_id,
         organization_id=who.organization_id,
         assignee_id=body.assignee_id or who.user_id,
         created_by=who.user_id,
         title=body.title,
         notes=body.notes,
         due_at=body.due_at,
+        reminder_offsets=tuple(body.reminder_offsets),
+        recurrence=body.recurrence,
+        timezone=body.timezone,
+        request_hash=request_hash,
         created_at=now,
         updated_at=now,
-    )
+    ).skipping_passed_reminders(now)
     start: WithStartWorkflowOperation[Any, TaskState] = WithStartWorkflowOperation(
         TASK_WORKFLOW,
         TaskWorkflowInput(state=state),
         id=task_workflow_id(state.task_id),
         task_queue=res.settings.temporal_task_queue,
-        # A retried start attaches to the running workflow; a finished task's id is never reused.
+        # A retried or concurrent start attaches to the running workflow; a closed task's id is never
+        # reused, so one task id can never have two workflows.
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=_search_attributes(state),
         result_type=TaskState,
     )
     try:
-        async with asyncio.timeout(CONFIRM_TIMEOUT.total_seconds()):
-            return await res.temporal.execute_update_with_start_workflow(
+        saved = await _confirmed(
+            res,
+            res.temporal.execute_update_with_start_workflow(
                 SYNC_UPDATE, start_workflow_operation=start, result_type=TaskState
-            )
-    except TimeoutError as exc:
-        raise Unavailable(
-            "The task was accepted but no worker confirmed it in time; it will appear once a worker runs."
-        ) from exc
-    except RPCError as exc:
-        raise Unavailable(f"Temporal is unavailable ({exc.status.name}); retry shortly.") from exc
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        # Closed already (completed or cancelled) after an earlier request with this key.
+        row = await _find(res, who, task_id)
+        if row is None:
+            raise Conflict("This task's workflow has closed; use a new Idempotency-Key.") from None
+        _same_request(row.request_hash, request_hash)
+        return _state_of(row), False
+    _same_request(saved.request_hash, request_hash)
+    return saved, saved.created_at == now
+
+
+async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change: TaskChange) -> TaskState:
+    """Send a change to the task's workflow; it answers once the row shows it."""
+    row = await get_task(res, who, task_id)
+    handle = res.temporal.get_workflow_handle(task_workflow_id(task_id))
+    try:
+        return await _confirmed(res, handle.execute_update(CHANGE_UPDATE, change, result_type=TaskState))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.type == "Conflict":
+            raise Conflict(f"The task cannot change: {cause.message}.") from exc
+        if isinstance(cause, ApplicationError) and cause.type == "Invalid":
+            raise Unprocessable(f"The change is invalid: {cause.message}.") from exc
+        raise
+    except Unavailable as exc:
+        # An update to a closed workflow: the task is done or cancelled.
+        if isinstance(exc.__cause__, RPCError) and exc.__cause__.status == RPCStatusCode.NOT_FOUND:
+            raise Conflict(f"The task is {row.status}; it cannot change any more.") from exc
+        raise
+
+
+async def _find(res: Resources, who: Principal, task_id: uuid.UUID) -> Task | None:
+    async with res.sessionmaker() as session:
+        task: Task | None = await session.scalar(
+            select(Task).where(Task.id == task_id, Task.organization_id == who.organization_id)
+        )
+    return task
 
 
 async def get_task(res: Resources, who: Principal, task_id: uuid.UUID) -> Task:
-    async with res.sessionmaker() as session:
-        task = await session.scalar(
-            select(Task).where(Task.id == task_id, Task.organization_id == who.organization_id)
-        )
+    task = await _find(res, who, task_id)
     if task is None:
         raise NotFound(f"No task {task_id} in your organization.")
     return task
+
+
+def _state_of(task: Task) -> TaskState:
+    columns = {column.key: getattr(task, column.key) for column in Task.__table__.columns}
+    columns["task_id"] = columns.pop("id")
+    return TaskState.model_validate(columns)
+
+
+# -- the list: keyset pagination in (due_at, id) order, stable under inserts ----------------------------
+
+
+def encode_cursor(task: Task) -> str:
+    raw = json.dumps([task.due_at.isoformat(), str(task.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        due, task_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(due), uuid.UUID(task_id)
+    except (ValueError, TypeError) as exc:
+        raise Unprocessable("`cursor` is not a cursor this API gave out; start again without it.") from exc
+
+
+def list_query(who: Principal, query: TaskQuery) -> Select[Task]:
+    stmt = select(Task).where(Task.organization_id == who.organization_id)
+    if query.status is not None:
+        stmt = stmt.where(Task.status == query.status)
+    if query.assignee_id is not None:
+        stmt = stmt.where(Task.assignee_id == query.assignee_id)
+    if query.due_before is not None:
+        stmt = stmt.where(Task.due_at < query.due_before)
+    if query.due_after is not None:
+        stmt = stmt.where(Task.due_at >= query.due_after)
+    if query.cursor is not None:
+        due, task_id = decode_cursor(query.cursor)
+        stmt = stmt.where(or_(Task.due_at > due, and_(Task.due_at == due, Task.id > task_id)))
+    return stmt.order_by(Task.due_at, Task.id).limit(query.limit + 1)
+
+
+async def list_tasks(res: Resources, who: Principal, query: TaskQuery) -> tuple[list[Task], str | None]:
+    async with res.sessionmaker() as session:
+        rows = list((await session.scalars(list_query(who, query))).all())
+    page = rows[: query.limit]
+    return page, encode_cursor(page[-1]) if len(rows) > query.limit else None

@@ -1,0 +1,143 @@
+"""Bearer tokens: minted and verified with HS256, and every way a token can be wrong is a 401."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from pydantic import SecretStr
+
+from core.auth import Principal, mint_token, verify_token
+from core.errors import Unauthorized
+from core.settings import Settings
+
+SECRET = "a-test-secret-of-at-least-32-bytes!!"
+OTHER_SECRET = "another-secret-of-at-least-32-bytes!"
+
+
+def make_settings(
+    secret: str = SECRET, *, issuer: str | None = None, audience: str | None = None
+) -> Settings:
+    # Everything auth reads is given here, so neither the environment nor .env can change the outcome.
+    return Settings(jwt_secret=SecretStr(secret), jwt_issuer=issuer, jwt_audience=audience)
+
+
+def sign(claims: dict[str, object], secret: str = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def valid_claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": "7", "org": "42", "iat": now, "exp": now + 600}
+    claims.update(overrides)
+    return claims
+
+
+def refused(settings: Settings, token: str) -> Unauthorized:
+    with pytest.raises(Unauthorized) as caught:
+        verify_token(settings, token)
+    error = caught.value
+    assert error.status == 401
+    assert error.detail
+    assert SECRET not in error.detail
+    return error
+
+
+def test_a_minted_token_verifies_to_its_principal() -> None:
+    settings = make_settings()
+    token = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
+    assert verify_token(settings, token) == Principal(user_id="7", organization_id="42")
+
+
+def test_a_numeric_org_claim_is_read_as_a_string() -> None:
+    assert verify_token(make_settings(), sign(valid_claims(org=42))) == Principal("7", "42")
+
+
+def test_an_expired_token_says_it_expired() -> None:
+    settings = make_settings()
+    token = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=-5)
+    assert "expired" in refused(settings, token).detail
+
+
+def test_a_token_signed_with_another_secret_is_refused() -> None:
+    token = mint_token(make_settings(OTHER_SECRET), user_id="7", organization_id="42", ttl_seconds=60)
+    refused(make_settings(), token)
+
+
+def test_an_unsigned_token_is_refused() -> None:
+    token = jwt.encode(valid_claims(), "", algorithm="none")
+    refused(make_settings(), token)
+
+
+def test_a_token_of_another_hmac_algorithm_is_refused() -> None:
+    # Long enough for HS512, so that only the algorithm is wrong.
+    secret = "s" * 64
+    refused(make_settings(secret), sign(valid_claims(), secret, algorithm="HS512"))
+
+
+@pytest.mark.parametrize("claim", ["exp", "sub", "org"])
+def test_a_token_without_a_required_claim_is_refused(claim: str) -> None:
+    claims = valid_claims()
+    del claims[claim]
+    refused(make_settings(), sign(claims))
+
+
+@pytest.mark.parametrize("org", ["", None, True, False, [], ["42"], {"id": "42"}, 4.2])
+def test_a_token_with_a_bad_org_claim_is_refused(org: object) -> None:
+    assert "org" in refused(make_settings(), sign(valid_claims(org=org))).detail
+
+
+@pytest.mark.parametrize("sub", [7, None, ["7"]])
+def test_a_token_with_a_bad_sub_claim_is_refused(sub: object) -> None:
+    refused(make_settings(), sign(valid_claims(sub=sub)))
+
+
+def test_a_token_not_valid_yet_is_refused() -> None:
+    refused(make_settings(), sign(valid_claims(nbf=int(time.time()) + 600)))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "garbage",
+        "a.b.c",
+        "a.b",
+        "....",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI3In0",
+        "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2ln",
+        "ñ.ñ.ñ",
+    ],
+)
+def test_garbage_is_refused(token: str) -> None:
+    refused(make_settings(), token)
+
+
+def test_the_issuer_is_enforced_when_set() -> None:
+    settings = make_settings(issuer="crm.example")
+    good = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
+    assert jwt.decode(good, options={"verify_signature": False})["iss"] == "crm.example"
+    assert verify_token(settings, good) == Principal("7", "42")
+    refused(settings, sign(valid_claims()))
+    refused(settings, sign(valid_claims(iss="evil.example")))
+
+
+def test_the_audience_is_enforced_when_set() -> None:
+    settings = make_settings(audience="tickler")
+    good = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
+    assert jwt.decode(good, options={"verify_signature": False})["aud"] == "tickler"
+    assert verify_token(settings, good) == Principal("7", "42")
+    refused(settings, sign(valid_claims()))
+    refused(settings, sign(valid_claims(aud="another-service")))
+    assert verify_token(settings, sign(valid_claims(aud=["another-service", "tickler"]))) == Principal(
+        "7", "42"
+    )
+
+
+def test_issuer_and_audience_together() -> None:
+    settings = make_settings(issuer="crm.example", audience="tickler")
+    good = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
+    assert verify_token(settings, good) == Principal("7", "42")
+    refused(settings, sign(valid_claims(iss="crm.example")))
+    refused(settings, sign(valid_claims(aud="tickler")))

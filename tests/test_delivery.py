@@ -1,0 +1,314 @@
+"""Notifications are never lost nor shown twice, whatever fails: end to end on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from activities.tasks import TaskActivities
+from core.db import make_engine
+from core.models import Notification
+from core.payloads import DeliverReminderInput, NotificationEvent
+from core.pubsub import make_redis, publish
+from core.settings import Settings
+from tests.helpers import (
+    STREAM_DEADLINE,
+    StreamReader,
+    bearer,
+    insert_notifications,
+    new_org,
+    open_stream,
+    run_worker,
+    serve_app,
+    task_row,
+    wait_until,
+)
+from tickler import devstack
+from web.resources import EXTENSION_KEY, Resources
+
+
+def soon(seconds: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+async def create(client: httpx.AsyncClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+    response = await client.post("/v1/tasks", json={"title": "Call Ana", **body}, headers=headers)
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()
+    return task
+
+
+def task_ids(stream: StreamReader) -> list[str]:
+    return [json.loads(e.data)["task_id"] for e in stream.notifications]
+
+
+@pytest.fixture
+async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
+        yield client
+
+
+async def test_many_users_in_two_organizations_each_receive_exactly_their_own(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    orgs = [new_org(), new_org()]
+    users = ["7", "8", "9"]
+    audiences = [(org, user) for org in orgs for user in users]
+    async with contextlib.AsyncExitStack() as stack:
+        streams = {
+            (org, user, tab): await stack.enter_async_context(
+                open_stream(client, bearer(settings, user, org))
+            )
+            for org, user in audiences
+            for tab in range(2)  # two tabs each
+        }
+        for stream in streams.values():
+            await stream.read_past_heartbeat()
+        # Each user of each organization gets two tasks, created by someone else of the same organization.
+        expected: dict[tuple[str, str], set[str]] = {audience: set() for audience in audiences}
+        for org, user in audiences:
+            creator = bearer(settings, "creator", org)
+            for _ in range(2):
+                task = await create(client, creator, due_at=soon(2), assignee_id=user)
+                expected[(org, user)].add(task["id"])
+        for stream in streams.values():
+            await stream.read_until(lambda _, s=stream: len(s.notifications) >= 2)  # type: ignore[misc]
+        for (org, user, tab), stream in streams.items():
+            await stream.read_past_heartbeat()
+            assert sorted(task_ids(stream)) == sorted(expected[(org, user)]), f"{org}/{user} tab {tab}"
+            assert len(set(stream.notification_ids)) == 2
+
+
+async def test_a_client_that_was_away_gets_what_it_missed_in_order_once(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    me = bearer(settings, "7", new_org())
+    async with open_stream(client, me) as first:
+        await first.read_past_heartbeat()
+        before = await create(client, me, due_at=soon(1.5))
+        await first.read_until(lambda _: len(first.notifications) == 1)
+        last_seen = first.notification_ids[-1]
+    # The tab is closed; three reminders fire meanwhile.
+    missed = [await create(client, me, due_at=soon(1 + n * 0.3)) for n in range(3)]
+    inbox = await wait_until(
+        lambda: _inbox_count(client, me, 4), within=STREAM_DEADLINE, what="the missed reminders to fire"
+    )
+    assert inbox
+    async with open_stream(client, me | {"Last-Event-ID": str(last_seen)}) as again:
+        await again.read_past_heartbeat()
+        assert sorted(task_ids(again)) == sorted(t["id"] for t in missed)
+        assert again.notification_ids == sorted(again.notification_ids)
+        assert before["id"] not in task_ids(again)
+
+
+async def _inbox_count(client: httpx.AsyncClient, headers: dict[str, str], count: int) -> bool:
+    page = (await client.get("/v1/notifications", headers=headers)).json()
+    return len(page["items"]) >= count
+
+
+async def test_a_duplicated_delivery_makes_one_row_and_one_event(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    org = new_org()
+    task = task_row(org=org, user="7")
+    async with sessionmaker() as session, session.begin():
+        session.add(task)
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    delivery = DeliverReminderInput(
+        task_id=task.id, organization_id=org, dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+    )
+    async with open_stream(client, bearer(settings, "7", org)) as stream:
+        await stream.read_past_heartbeat()
+        # The same occurrence delivered twice, at once and again after: a retry, a duplicated execution.
+        environment = ActivityEnvironment()
+        first, second = await asyncio.gather(
+            environment.run(activities.deliver_reminder, delivery),
+            environment.run(activities.deliver_reminder, delivery),
+        )
+        third = await environment.run(activities.deliver_reminder, delivery)
+        assert first == second == third
+        await stream.read_until(lambda _: len(stream.notifications) >= 1)
+        await stream.read_past_heartbeat()
+        await stream.read_past_heartbeat()
+        assert stream.notification_ids == [first]
+    async with sessionmaker() as session:
+        count = await session.scalar(
+            select(func.count()).select_from(Notification).where(Notification.task_id == task.id)
+        )
+    assert count == 1
+
+
+async def test_a_delivery_for_a_task_of_another_organization_is_refused_for_good(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    from temporalio.exceptions import ApplicationError
+
+    task = task_row(org=new_org(), user="7")
+    async with sessionmaker() as session, session.begin():
+        session.add(task)
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    wrong = DeliverReminderInput(
+        task_id=task.id, organization_id=new_org(), dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+    )
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(activities.deliver_reminder, wrong)
+    assert refused.value.non_retryable
+
+
+# -- a stack of its own: its own Redis, web app and worker ------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[devstack.ManagedProcess]:
+    process = devstack.start_redis(tmp_path, devstack.free_port())
+    yield process
+    process.stop()
+
+
+async def test_a_redis_restart_loses_nothing(
+    settings: Settings, temporal: Client, own_redis: devstack.ManagedProcess, tmp_path: Path
+) -> None:
+    own = settings.model_copy(
+        update={
+            "redis_url": own_redis.address,
+            "temporal_task_queue": f"redis-restart-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    engine = make_engine(own, application_name="tickler-test-worker")
+    redis = make_redis(own)
+    me = bearer(own, "7", new_org())
+    try:
+        async with (
+            run_worker(temporal, own, engine, redis),
+            serve_app(own) as (url, app),
+            httpx.AsyncClient(base_url=url, timeout=STREAM_DEADLINE) as client,
+            open_stream(client, me) as stream,
+        ):
+            await stream.read_past_heartbeat()
+            first = await create(client, me, due_at=soon(1))
+            await stream.read_until(lambda _: len(stream.notifications) == 1)
+
+            own_redis.stop()
+            hub = _resources(app).hub
+            await wait_until(lambda: not hub.subscribed.is_set(), what="the hub to notice Redis is gone")
+            # Fires while Redis is down: the row commits, the publish fails and is retried.
+            second = await create(client, me, due_at=soon(0.5))
+            await wait_until(lambda: _has_row(engine, second["id"]), what="the row written without Redis")
+
+            restarted = devstack.start_redis(tmp_path, int(own_redis.address.rsplit(":", 1)[1].split("/")[0]))
+            try:
+                await stream.read_until(lambda _: len(stream.notifications) >= 2, within=30)
+                third = await create(client, me, due_at=soon(0.5))
+                await stream.read_until(lambda _: len(stream.notifications) >= 3)
+                await stream.read_past_heartbeat()
+                await stream.read_past_heartbeat()
+                assert task_ids(stream) == [first["id"], second["id"], third["id"]]
+                assert len(set(stream.notification_ids)) == 3
+            finally:
+                restarted.stop()
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def _resources(app: Any) -> Resources:
+    resources: Resources = app.extensions[EXTENSION_KEY]
+    return resources
+
+
+async def _has_row(engine: AsyncEngine, task_id: str) -> bool:
+    async with engine.connect() as connection:
+        count = await connection.scalar(
+            select(func.count()).select_from(Notification).where(Notification.task_id == uuid.UUID(task_id))
+        )
+    return bool(count)
+
+
+async def test_no_polling_with_streams_open_and_nothing_due(
+    settings: Settings, temporal: Client, redis: Redis
+) -> None:
+    """With clients connected and nothing due, neither the web process nor the worker queries PostgreSQL."""
+    own = settings.model_copy(update={"temporal_task_queue": f"idle-{uuid.uuid4().hex[:8]}"})
+    worker_engine = make_engine(own, application_name="tickler-test-idle-worker")
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(worker_engine.sync_engine, "before_cursor_execute", count)
+    headers = [bearer(own, str(user), new_org()) for user in range(20)]
+    try:
+        async with (
+            run_worker(temporal, own, worker_engine, redis),
+            serve_app(own) as (url, app),
+            httpx.AsyncClient(base_url=url, timeout=STREAM_DEADLINE) as client,
+        ):
+            event.listen(_resources(app).engine.sync_engine, "before_cursor_execute", count)
+            async with contextlib.AsyncExitStack() as stack:
+                streams = [await stack.enter_async_context(open_stream(client, h)) for h in headers]
+                for stream in streams:
+                    await stream.read_past_heartbeat()
+                connected = len(statements)
+                # Three more heartbeats on every stream: seconds of idling, measured by the server's clock.
+                for _ in range(3):
+                    for stream in streams:
+                        await stream.read_past_heartbeat()
+                assert statements[connected:] == [], "an idle stream or worker sent queries"
+                assert connected <= len(streams), "more than one query per connecting stream"
+    finally:
+        await worker_engine.dispose()
+
+
+async def test_a_client_too_slow_is_cut_off_and_others_go_on(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    own = settings.model_copy(update={"sse_queue_size": 2})
+    org = new_org()
+    slow_user, fast_user = bearer(own, "slow", org), bearer(own, "fast", org)
+    [row] = await insert_notifications(sessionmaker, org, "fast", 1)
+    async with (
+        serve_app(own) as (url, _),
+        httpx.AsyncClient(base_url=url, timeout=STREAM_DEADLINE) as client,
+        open_stream(client, slow_user) as slow,
+        open_stream(client, fast_user | {"Last-Event-ID": str(row - 1)}) as fast,
+    ):
+        await slow.read_past_heartbeat()
+        await fast.read_past_heartbeat()
+        # A burst of wake-ups for the slow user, faster than its stream can look them up.
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(500):
+                message = NotificationEvent(
+                    organization_id=org, user_id="slow", event="notification", id=2**62 + n, data={}
+                )
+                pipe.publish(own.redis_channel, message.model_dump_json())
+            await pipe.execute()
+        await _read_to_the_end(slow)
+        # The fast user's stream is still live and receives its own event.
+        await publish(
+            redis,
+            own.redis_channel,
+            NotificationEvent(organization_id=org, user_id="fast", event="ping", data={"ok": True}),
+        )
+        await fast.read_until(lambda line: line == "event: ping")
+
+
+async def _read_to_the_end(stream: StreamReader) -> None:
+    with pytest.raises(StopAsyncIteration):
+        await stream.read_until(lambda _: False)

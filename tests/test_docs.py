@@ -1,0 +1,23 @@
+"""The README stays true to the code: every setting in its table, every signal documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.payloads import SIGNALS
+from core.settings import Settings
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    documented = set(re.findall(r"^\| `TICKLER_([A-Z0-9_]+)` \|", README, flags=re.MULTILINE))
+    fields = {name.upper() for name in Settings.model_fields}
+    assert fields - documented == set(), "add these settings to the README's Settings table"
+    assert documented - fields == set(), "the README's Settings table names settings that do not exist"
+
+
+def test_every_signal_is_documented() -> None:
+    for name in SIGNALS:
+        assert f"| `{name}` |" in README, f"document the `{name}` signal and its payload in the README"

@@ -1,0 +1,187 @@
+"""The stream hub on the real Redis: fan-out per (organization, user), bounded queues, resubscription."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from core.payloads import NotificationEvent
+from core.pubsub import publish
+from core.settings import Settings
+from tests.helpers import new_org, wait_until
+from web.stream.hub import Control, StreamHub, StreamItem, Subscription
+
+HubFactory = Callable[..., Awaitable[StreamHub]]
+
+# Longer than the hub's first resubscription backoff (0.1 s) and its 1 s read timeout, with room to spare.
+DEADLINE = 10.0
+
+
+@pytest.fixture
+async def make_hub(redis: Redis, settings: Settings) -> AsyncIterator[HubFactory]:
+    """Started hubs, each on a channel of its own (the web app's hub shares this Redis), stopped after."""
+    hubs: list[StreamHub] = []
+
+    async def make(queue_size: int = 16) -> StreamHub:
+        hub = StreamHub(redis, f"{settings.redis_channel}-hub-{uuid.uuid4().hex[:8]}", queue_size)
+        hubs.append(hub)
+        await hub.start()
+        assert hub.subscribed.is_set()
+        return hub
+
+    yield make
+    for hub in hubs:
+        await hub.stop()
+
+
+def event(org: str, user: str, id: int | None = None, **data: object) -> NotificationEvent:
+    return NotificationEvent(organization_id=org, user_id=user, event="notification", id=id, data=data)
+
+
+async def next_item(sub: Subscription) -> StreamItem:
+    return await asyncio.wait_for(sub.queue.get(), DEADLINE)
+
+
+async def test_each_subscription_receives_only_its_own_events(make_hub: HubFactory, redis: Redis) -> None:
+    hub = await make_hub()
+    org, other_org = new_org(), new_org()
+    ana = hub.subscribe(org, "7")
+    bo = hub.subscribe(org, "8")
+    # The same user id in another organization is another person.
+    namesake = hub.subscribe(other_org, "7")
+
+    await publish(redis, hub.channel, event(org, "7", 1))
+    await publish(redis, hub.channel, event(org, "8", 2))
+    await publish(redis, hub.channel, event(other_org, "7", 3))
+    await publish(redis, hub.channel, event(org, "9", 4))
+    await publish(redis, hub.channel, event(org, "7", 5))
+
+    # Redis keeps the order of one channel: had a foreign event reached a queue, it would sit in between.
+    assert [await next_item(ana), await next_item(ana)] == [event(org, "7", 1), event(org, "7", 5)]
+    assert await next_item(bo) == event(org, "8", 2)
+    assert await next_item(namesake) == event(other_org, "7", 3)
+    assert ana.queue.empty()
+    assert bo.queue.empty()
+    assert namesake.queue.empty()
+    assert hub.stream_count == 3
+
+
+async def test_two_streams_of_one_user_both_receive(make_hub: HubFactory, redis: Redis) -> None:
+    hub = await make_hub()
+    org = new_org()
+    tab1, tab2 = hub.subscribe(org, "7"), hub.subscribe(org, "7")
+    await publish(redis, hub.channel, event(org, "7", 1))
+    assert await next_item(tab1) == event(org, "7", 1)
+    assert await next_item(tab2) == event(org, "7", 1)
+    hub.unsubscribe(tab1)
+    hub.unsubscribe(tab1)  # twice is harmless
+    await publish(redis, hub.channel, event(org, "7", 2))
+    assert await next_item(tab2) == event(org, "7", 2)
+    assert tab1.queue.empty()
+    hub.unsubscribe(tab2)
+    assert hub.stream_count == 0
+    assert not hub.subscriptions
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"not json",
+        b"null",
+        b"[]",
+        b'"a string"',
+        b"\xff\xfe\x00",
+        b'{"organization_id": "o"}',
+        b'{"organization_id": 1, "user_id": 7, "event": "notification", "data": {}}',
+        b'{"organization_id": "o", "user_id": "7", "event": "notification", "data": []}',
+        b'{"organization_id": "o", "user_id": "7", "event": "notification", "id": "x", "data": {}}',
+        b"[" * 100_000,
+    ],
+    ids=repr,
+)
+async def test_a_malformed_message_is_dropped_and_later_ones_arrive(
+    make_hub: HubFactory, redis: Redis, garbage: bytes
+) -> None:
+    hub = await make_hub()
+    org = new_org()
+    sub = hub.subscribe(org, "7")
+    await redis.publish(hub.channel, garbage)
+    await publish(redis, hub.channel, event(org, "7", 1))
+    assert await next_item(sub) == event(org, "7", 1)
+    assert sub.queue.empty()
+    assert hub._task is not None
+    assert not hub._task.done()
+
+
+async def test_a_stream_that_falls_behind_is_closed_and_others_go_on(
+    make_hub: HubFactory, redis: Redis
+) -> None:
+    hub = await make_hub(queue_size=2)
+    org = new_org()
+    slow = hub.subscribe(org, "7")
+    other = hub.subscribe(org, "8")
+
+    for id in (1, 2, 3):
+        await publish(redis, hub.channel, event(org, "7", id))
+    await publish(redis, hub.channel, event(org, "8", 10))
+
+    await wait_until(lambda: slow.overflowed, within=DEADLINE, what="the slow stream to overflow")
+    # What was queued is dropped (the client replays it after reconnecting): only CLOSE is left.
+    assert await next_item(slow) is Control.CLOSE
+    assert await next_item(other) == event(org, "8", 10)
+    assert not other.overflowed
+
+    await publish(redis, hub.channel, event(org, "8", 11))
+    assert await next_item(other) == event(org, "8", 11)
+    assert not other.overflowed
+
+
+async def test_close_all_ends_every_stream(make_hub: HubFactory, redis: Redis) -> None:
+    hub = await make_hub()
+    org = new_org()
+    subs = [hub.subscribe(org, "7"), hub.subscribe(org, "7"), hub.subscribe(new_org(), "8")]
+    await publish(redis, hub.channel, event(org, "7", 1))
+    await wait_until(lambda: all(not s.queue.empty() for s in subs[:2]), within=DEADLINE, what="delivery")
+
+    hub.close_all()
+    for sub in subs:
+        assert await next_item(sub) is Control.CLOSE
+        assert sub.queue.empty()
+    # A stream opened while the process shuts down ends at once.
+    late = hub.subscribe(org, "7")
+    assert await next_item(late) is Control.CLOSE
+
+
+async def test_after_the_connection_is_killed_the_hub_resubscribes_and_resyncs(
+    make_hub: HubFactory, redis: Redis
+) -> None:
+    hub = await make_hub()
+    org = new_org()
+    ana, bo = hub.subscribe(org, "7"), hub.subscribe(org, "8")
+
+    async def listeners() -> int:
+        [(_, count)] = await redis.pubsub_numsub(hub.channel)
+        return int(count)
+
+    assert await listeners() == 1
+    killed = await redis.client_kill_filter(_type="pubsub")
+    assert killed >= 1
+
+    # Every stream is told to replay from PostgreSQL what may have been published while unsubscribed.
+    assert await next_item(ana) is Control.RESYNC
+    assert await next_item(bo) is Control.RESYNC
+    count: int = await wait_until(listeners, within=DEADLINE, what="the hub to listen again")
+    assert count == 1
+    assert hub.subscribed.is_set()
+
+    await publish(redis, hub.channel, event(org, "7", 1))
+    await publish(redis, hub.channel, event(org, "8", 2))
+    assert await next_item(ana) == event(org, "7", 1)
+    assert await next_item(bo) == event(org, "8", 2)
+    assert ana.queue.empty()
+    assert bo.queue.empty()

@@ -1,0 +1,253 @@
+"""The notification stream over real HTTP: framing, heartbeat, replay from Last-Event-ID, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.payloads import NotificationEvent
+from core.pubsub import publish
+from core.settings import Settings
+from tests.helpers import (
+    HEARTBEAT,
+    STREAM,
+    STREAM_DEADLINE,
+    bearer,
+    insert_notifications,
+    new_org,
+    open_stream,
+)
+
+DEADLINE = STREAM_DEADLINE
+
+
+@pytest.fixture
+async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=web_url, timeout=DEADLINE) as client:
+        yield client
+
+
+# -- framing -----------------------------------------------------------------------------------------
+
+
+async def test_the_stream_opens_with_retry_and_headers_then_heartbeats(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with open_stream(client, bearer(settings, "7", new_org())) as stream:
+        headers = stream.response.headers
+        assert headers["content-type"].startswith("text/event-stream")
+        assert headers["cache-control"] == "no-cache"
+        assert headers["x-accel-buffering"] == "no"
+        await stream.read_past_heartbeat()
+        assert stream.lines[:2] == [f"retry: {settings.sse_retry_ms}", ""]
+        # An idle stream sends nothing but heartbeats: comments, which dispatch no event.
+        assert [line for line in stream.lines[2:] if line] == [HEARTBEAT]
+        assert [e.retry for e in stream.events] == [settings.sse_retry_ms]
+        await stream.read_until(lambda line: line == HEARTBEAT)
+
+
+async def test_an_event_source_client_sees_the_retry_first(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with aconnect_sse(client, "GET", STREAM, headers=bearer(settings, "7", new_org())) as source:
+        async with asyncio.timeout(DEADLINE):
+            first = await anext(source.aiter_sse())
+    assert first.retry == settings.sse_retry_ms
+
+
+# -- replay ------------------------------------------------------------------------------------------
+
+
+async def test_last_event_id_replays_what_came_after_in_order_once(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org = new_org()
+    ids = await insert_notifications(sessionmaker, org, "7", 4)
+    headers = {**bearer(settings, "7", org), "Last-Event-ID": str(ids[0])}
+    async with open_stream(client, headers) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notification_ids == ids[1:]
+    for event, n in zip(stream.notifications, range(1, 4), strict=True):
+        data = json.loads(event.data)
+        assert data["id"] == int(event.id)
+        assert data["title"] == f"Call Ana #{n}"
+        assert data["kind"] == "reminder"
+
+
+async def test_last_event_id_zero_replays_everything(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org = new_org()
+    ids = await insert_notifications(sessionmaker, org, "7", 3)
+    async with open_stream(client, {**bearer(settings, "7", org), "Last-Event-ID": "0"}) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notification_ids == ids
+
+
+async def test_the_query_parameter_works_like_the_header(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org = new_org()
+    ids = await insert_notifications(sessionmaker, org, "7", 3)
+    async with open_stream(client, bearer(settings, "7", org), {"last_event_id": str(ids[0])}) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notification_ids == ids[1:]
+
+
+async def test_without_last_event_id_nothing_is_replayed(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org = new_org()
+    await insert_notifications(sessionmaker, org, "7", 2)
+    async with open_stream(client, bearer(settings, "7", org)) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notifications == []
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "abc",
+        "-1",
+        "99999999999999999999999",
+        "9223372036854775808",
+        "1.5",
+        "0x10",
+        "1e3",
+        "",
+        pytest.param(
+            "²",
+            id="superscript-two",
+        ),
+    ],
+)
+@pytest.mark.parametrize("via", ["header", "query"])
+async def test_a_garbage_last_event_id_replays_nothing_and_fails_nothing(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    garbage: str,
+    via: str,
+) -> None:
+    org = new_org()
+    await insert_notifications(sessionmaker, org, "7", 2)
+    headers: dict[bytes, bytes] = {k.encode(): v.encode() for k, v in bearer(settings, "7", org).items()}
+    params = None
+    if via == "header":
+        # Header bytes beyond ASCII are read as Latin-1 by the server.
+        headers[b"Last-Event-ID"] = garbage.encode("latin-1")
+    else:
+        params = {"last_event_id": garbage}
+    async with open_stream(client, headers, params) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notifications == []
+
+
+async def test_another_users_rows_are_never_replayed(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org, other_org = new_org(), new_org()
+    await insert_notifications(sessionmaker, org, "7", 3)
+    bos = await insert_notifications(sessionmaker, org, "8", 1)
+    # The same user id in another organization is another person.
+    namesakes = await insert_notifications(sessionmaker, other_org, "7", 1)
+
+    async with open_stream(client, {**bearer(settings, "8", org), "Last-Event-ID": "0"}) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notification_ids == bos
+
+    async with open_stream(client, {**bearer(settings, "7", other_org), "Last-Event-ID": "0"}) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notification_ids == namesakes
+
+    async with open_stream(client, {**bearer(settings, "9", org), "Last-Event-ID": "0"}) as stream:
+        await stream.read_past_heartbeat()
+    assert stream.notifications == []
+
+
+# -- live --------------------------------------------------------------------------------------------
+
+
+def live(org: str, id: int, title: str, user: str = "7") -> NotificationEvent:
+    """What the delivery activity publishes for a committed row."""
+    return NotificationEvent(
+        organization_id=org, user_id=user, event="notification", id=id, data={"id": id, "title": title}
+    )
+
+
+async def test_a_live_event_already_replayed_is_not_sent_twice(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    org = new_org()
+    ids = await insert_notifications(sessionmaker, org, "7", 3)
+    async with open_stream(client, {**bearer(settings, "7", org), "Last-Event-ID": str(ids[0])}) as stream:
+        await stream.read_past_heartbeat()
+        assert stream.notification_ids == ids[1:]
+
+        # A retried delivery publishes its row again.
+        await publish(redis, settings.redis_channel, live(org, ids[2], "Call Ana #2"))
+        await publish(redis, settings.redis_channel, live(org, ids[1], "Call Ana #1"))
+        # Redis keeps the order of a channel: once the fresh row arrives, the duplicates had their chance.
+        [fresh] = await insert_notifications(sessionmaker, org, "7", 1)
+        await publish(redis, settings.redis_channel, live(org, fresh, "Call Ana #0"))
+        await stream.read_until(lambda line: line == f"id: {fresh}")
+        await stream.read_until(lambda line: line == "")
+
+    assert stream.notification_ids == [*ids[1:], fresh]
+    data = json.loads(stream.notifications[-1].data)
+    assert data["id"] == fresh
+    assert data["title"] == "Call Ana #0"
+
+
+async def test_a_republished_old_notification_is_not_sent_after_a_reconnect(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    org = new_org()
+    ids = await insert_notifications(sessionmaker, org, "7", 2)
+    # The client had everything up to ids[-1] when it reconnected.
+    async with open_stream(client, {**bearer(settings, "7", org), "Last-Event-ID": str(ids[-1])}) as stream:
+        await stream.read_past_heartbeat()
+        assert stream.notifications == []
+        # deliver_reminder retried after its publish (e.g. the worker died before completing it) publishes
+        # the existing row again: "streams drop duplicates by id", says activities/tasks.py.
+        await publish(redis, settings.redis_channel, live(org, ids[-1], "Call Ana #1"))
+        await publish(redis, settings.redis_channel, live(org, ids[0], "Call Ana #0"))
+        [fresh] = await insert_notifications(sessionmaker, org, "7", 1)
+        await publish(redis, settings.redis_channel, live(org, fresh, "Call Ana #0"))
+        await stream.read_until(lambda line: line == f"id: {fresh}")
+        await stream.read_until(lambda line: line == "")
+
+    assert stream.notification_ids == [fresh]
+
+
+async def test_after_the_hub_loses_redis_the_stream_replays_what_it_missed(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    org = new_org()
+    before = await insert_notifications(sessionmaker, org, "7", 1)
+    async with open_stream(client, bearer(settings, "7", org)) as stream:
+        await stream.read_past_heartbeat()
+        # Committed while nobody listened: their messages were lost with the subscription.
+        missed = await insert_notifications(sessionmaker, org, "7", 2)
+        assert await redis.client_kill_filter(_type="pubsub") >= 1
+        await stream.read_until(lambda line: line == f"id: {missed[-1]}")
+        await stream.read_past_heartbeat()
+    # From where the stream started (the newest row then), in order, once.
+    assert stream.notification_ids == missed
+    assert before[0] < missed[0]

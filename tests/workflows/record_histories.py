@@ -1,0 +1,95 @@
+"""Record the histories that test_replay.py replays: `make histories`.
+
+Re-record only on purpose: a replay failure means a change of workflow code would break workflows
+already running in production. Each scenario runs on the time-skipping test server with fake activities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import WorkflowHandle
+from temporalio.worker import Worker
+
+from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
+from tests.workflows.conftest import FakeActivities, Harness, start_environment
+from tests.workflows.test_task_workflow import new_task
+from workflows.task import TaskWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+
+Scenario = Callable[[Harness], Awaitable[WorkflowHandle[TaskWorkflow, TaskState]]]
+
+
+async def fires_then_completes(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    handle = await h.start(await new_task(h, timedelta(hours=1)))
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await h.env.sleep(timedelta(hours=2))
+    await handle.execute_update(CHANGE_UPDATE, TaskChange(action="complete"), result_type=TaskState)
+    await handle.result()
+    return handle
+
+
+async def changes_and_signals_then_cancel(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    state = await new_task(h, timedelta(days=1))
+    handle = await h.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    change = TaskChange(action="edit", title="Call Ana again", due_at=state.due_at + timedelta(days=1))
+    await handle.execute_update(CHANGE_UPDATE, change, result_type=TaskState)
+    await handle.signal("snooze", {"minutes": 30})
+    await handle.signal("reschedule", {"due_at": "not a time"})
+    await handle.signal("reschedule", {"due_at": (state.due_at + timedelta(hours=1)).isoformat()})
+    await h.env.sleep(timedelta(days=1))
+    await handle.signal("cancel")
+    await handle.result()
+    return handle
+
+
+async def reminders_and_recurrence(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    state = await new_task(
+        h,
+        timedelta(days=2),
+        reminder_offsets=(86400, 900, 0),
+        recurrence=Recurrence(rrule="FREQ=WEEKLY"),
+        timezone="Europe/Lisbon",
+    )
+    handle = await h.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    for _ in range(20):
+        await h.env.sleep(timedelta(days=1))
+    await handle.execute_update(CHANGE_UPDATE, TaskChange(action="complete"), result_type=TaskState)
+    await handle.result()
+    return handle
+
+
+SCENARIOS: list[Scenario] = [fires_then_completes, changes_and_signals_then_cancel, reminders_and_recurrence]
+
+
+async def record() -> None:
+    env = await start_environment()
+    try:
+        fakes = FakeActivities(env)
+        queue = f"record-{uuid.uuid4().hex[:8]}"
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[TaskWorkflow],
+            activities=[fakes.save_task, fakes.next_occurrence, fakes.deliver_reminder],
+        ):
+            harness = Harness(env, fakes, queue)
+            for scenario in SCENARIOS:
+                handle = await scenario(harness)
+                history = await handle.fetch_history()
+                path = HISTORIES / f"{scenario.__name__}.json"
+                path.write_text(history.to_json())
+                print(f"recorded {path} ({len(history.events)} events)")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(record())

@@ -1,0 +1,72 @@
+"""A task rescheduled 20,000 times, on the real dev server (the time-skipping test server reports no
+history length, so it never suggests continue-as-new) with the real worker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.worker import Worker
+
+from core.models import Task
+from core.payloads import STATE_QUERY, SYNC_UPDATE, TaskState, TaskWorkflowInput
+from core.settings import Settings
+from tests.helpers import task_state, wait_until
+
+RESCHEDULES = int(os.environ.get("TICKLER_TEST_RESCHEDULES", "20000"))
+
+
+@pytest.mark.timeout(600)
+async def test_twenty_thousand_reschedules_continue_as_new_and_lose_nothing(
+    temporal: Client, worker: Worker, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    state = task_state(due_in=timedelta(days=300))
+    handle = await temporal.start_workflow(
+        "TaskWorkflow",
+        TaskWorkflowInput(state=state),
+        id=f"task-{state.task_id}",
+        task_queue=settings.temporal_task_queue,
+    )
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    base = state.due_at
+    # A few senders at once: a storm of hundreds per second would keep every continue-as-new from
+    # completing (each one is refused while new signals arrive) until the server's cap of 10,000
+    # signals per run refuses signals (docs/decisions.md).
+    batch = 4
+    for first in range(1, RESCHEDULES + 1, batch):
+        # Concurrent within a batch, so only the count and the last one are checked; the last of
+        # each batch is sent alone, after the others, so that the final due time is known.
+        await asyncio.gather(
+            *[
+                handle.signal("reschedule", {"due_at": (base + timedelta(minutes=i)).isoformat()})
+                for i in range(first, first + batch - 1)
+            ]
+        )
+        last = first + batch - 1
+        await handle.signal("reschedule", {"due_at": (base + timedelta(minutes=last)).isoformat()})
+    final_due = base + timedelta(minutes=RESCHEDULES)
+
+    async def row_due() -> datetime | None:
+        async with sessionmaker() as session:
+            row = await session.get(Task, uuid.UUID(str(state.task_id)))
+        return row.due_at if row else None
+
+    await wait_until(lambda: _equal(row_due(), final_due), within=120, what="the last reschedule in the row")
+    first_run = temporal.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+    assert (await first_run.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+    latest = temporal.get_workflow_handle(handle.id)
+    current = await latest.query(STATE_QUERY, result_type=TaskState)
+    assert current.version == state.version + RESCHEDULES, "every signal applied exactly once"
+    assert current.due_at == final_due
+    history = await latest.fetch_history()
+    assert len(history.events) < 10_240, "each run stays below Temporal's warning threshold"
+    assert datetime.now(UTC) < final_due
+
+
+async def _equal(value: object, expected: object) -> bool:
+    return bool(await value == expected)  # type: ignore[misc]

@@ -1,0 +1,234 @@
+"""Every transition of the task workflow, with days of waiting skipped by the test server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+
+from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
+from tests.helpers import task_state, wait_until
+from tests.workflows.conftest import Harness
+from workflows.task import TaskWorkflow
+
+
+async def send_change(handle: WorkflowHandle[Any, Any], change: TaskChange) -> TaskState:
+    result: TaskState = await handle.execute_update(CHANGE_UPDATE, change, result_type=TaskState)
+    return result
+
+
+async def new_task(h: Harness, due_in: timedelta, **fields: Any) -> TaskState:
+    now = await h.now()
+    return task_state(**fields).model_copy(
+        update={"due_at": now + due_in, "created_at": now, "updated_at": now}
+    )
+
+
+async def test_fires_once_at_due_time_and_saves_the_row_first(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=2))
+    handle = await harness.start(state)
+    synced = await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    assert harness.fakes.rows[state.task_id] == synced
+    assert harness.fakes.deliveries == []
+
+    await harness.env.sleep(timedelta(days=2, seconds=1))
+    await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
+    [delivery] = harness.fakes.deliveries
+    assert delivery.at >= state.due_at
+    assert delivery.input.dedupe_key == f"{state.task_id}/1/0"
+
+    await harness.env.sleep(timedelta(days=30))
+    assert len(harness.fakes.deliveries) == 1
+
+
+async def test_reschedule_update_moves_the_timer_and_the_row(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=1))
+    handle = await harness.start(state)
+    new_due = state.due_at + timedelta(days=2)
+    changed = await send_change(handle, TaskChange(action="reschedule", due_at=new_due))
+    assert changed.due_at == new_due
+    assert harness.fakes.rows[state.task_id].due_at == new_due  # the update returns after the save
+
+    await harness.env.sleep(timedelta(days=2))
+    assert harness.fakes.deliveries == []
+    await harness.env.sleep(timedelta(days=1, seconds=1))
+    await wait_until(lambda: harness.fakes.deliveries, what="the moved reminder")
+    assert harness.fakes.deliveries[0].at >= new_due
+
+
+@pytest.mark.parametrize(("action", "status"), [("complete", "done"), ("cancel", "cancelled")])
+async def test_a_closed_task_never_fires(harness: Harness, action: str, status: str) -> None:
+    state = await new_task(harness, timedelta(hours=1))
+    handle = await harness.start(state)
+    closed = await send_change(handle, TaskChange.model_validate({"action": action}))
+    assert closed.status == status
+    result = await handle.result()
+    assert result.status == status
+    assert harness.fakes.rows[state.task_id].status == status
+    await harness.env.sleep(timedelta(days=1))
+    assert harness.fakes.deliveries == []
+
+
+async def test_reschedule_into_the_past_fires_at_once(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=1))
+    handle = await harness.start(state)
+    past = (await harness.now()) - timedelta(hours=1)
+    await send_change(handle, TaskChange(action="reschedule", due_at=past))
+    await wait_until(lambda: harness.fakes.deliveries, what="the immediate reminder")
+
+
+async def test_reschedule_after_firing_arms_it_again(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(minutes=5))
+    handle = await harness.start(state)
+    await harness.env.sleep(timedelta(minutes=6))
+    await wait_until(lambda: len(harness.fakes.deliveries) == 1, what="the first reminder")
+    later = (await harness.now()) + timedelta(hours=2)
+    await send_change(handle, TaskChange(action="reschedule", due_at=later))
+    await harness.env.sleep(timedelta(hours=2, seconds=1))
+    await wait_until(lambda: len(harness.fakes.deliveries) == 2, what="the second reminder")
+    first, second = harness.fakes.keys()
+    assert first != second
+
+
+async def test_snooze_by_minutes_and_until(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(minutes=10))
+    handle = await harness.start(state)
+    snoozed = await send_change(handle, TaskChange(action="snooze", minutes=60))
+    assert snoozed.due_at >= state.due_at + timedelta(minutes=49)
+    until = (await harness.now()) + timedelta(days=1)
+    snoozed = await send_change(handle, TaskChange(action="snooze", until=until))
+    assert snoozed.due_at == until
+    await harness.env.sleep(timedelta(hours=2))
+    assert harness.fakes.deliveries == []
+
+
+async def test_several_reminders_move_with_the_due_time(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=3), reminder_offsets=(86400, 900, 0))
+    handle = await harness.start(state)
+    new_due = state.due_at + timedelta(days=1)
+    await send_change(handle, TaskChange(action="reschedule", due_at=new_due))
+    await harness.env.sleep(timedelta(days=5))
+    await wait_until(lambda: len(harness.fakes.deliveries) == 3, what="three reminders")
+    fired = [(d.input.offset_seconds, d.at - new_due) for d in harness.fakes.deliveries]
+    assert [offset for offset, _ in fired] == [86400, 900, 0]
+    for offset, lateness in fired:
+        assert timedelta(seconds=-offset) <= lateness < timedelta(seconds=-offset + 60)
+    assert len(set(harness.fakes.keys())) == 3
+
+
+async def test_early_reminders_already_past_are_skipped(harness: Harness) -> None:
+    now = await harness.now()
+    state = (await new_task(harness, timedelta(minutes=10), reminder_offsets=(86400, 300, 0))).model_copy(
+        update={"created_at": now}
+    )
+    handle = await harness.start(state.skipping_passed_reminders(now))
+    await harness.env.sleep(timedelta(minutes=11))
+    await wait_until(lambda: len(harness.fakes.deliveries) == 2, what="the 5-minute and due reminders")
+    assert [d.input.offset_seconds for d in harness.fakes.deliveries] == [300, 0]
+    assert (await handle.query(TaskWorkflow.current)).status == "open"
+
+
+async def test_weekly_recurrence_keeps_local_time_across_dst(harness: Harness) -> None:
+    lisbon = ZoneInfo("Europe/Lisbon")
+    now = await harness.now()
+    # Tuesday 10:00 in Lisbon, the next one after the test server's clock; DST changes twice a year,
+    # so ten weekly occurrences from any date within 26 weeks of a change cross one... we pick a fixed
+    # span that always holds a change: 30 occurrences cross at least one DST transition.
+    local = now.astimezone(lisbon).replace(hour=10, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    state = (await new_task(harness, timedelta(days=1))).model_copy(
+        update={
+            "due_at": local.astimezone(UTC),
+            "recurrence": Recurrence(rrule="FREQ=WEEKLY"),
+            "timezone": "Europe/Lisbon",
+        }
+    )
+    handle = await harness.start(state)
+    await harness.skip(timedelta(weeks=30, days=2), step=timedelta(days=3))
+    await wait_until(lambda: len(harness.fakes.deliveries) >= 30, what="30 weekly reminders")
+    local_times = {d.input.due_at.astimezone(lisbon).strftime("%a %H:%M") for d in harness.fakes.deliveries}
+    assert local_times == {local.strftime("%a %H:%M")}
+    offsets = {d.input.due_at.astimezone(lisbon).utcoffset() for d in harness.fakes.deliveries}
+    assert len(offsets) == 2, "30 weeks always cross a DST change in Lisbon"
+    assert len(set(harness.fakes.keys())) == len(harness.fakes.deliveries)
+    row = harness.fakes.rows[state.task_id]
+    assert row.due_at > harness.fakes.deliveries[-1].input.due_at  # the row shows the next occurrence
+    assert (await handle.query(TaskWorkflow.current)).status == "open"
+
+
+async def test_every_n_days_recurrence_until_completed(harness: Harness) -> None:
+    state = (await new_task(harness, timedelta(hours=1))).model_copy(
+        update={"recurrence": Recurrence(every=2, unit="days")}
+    )
+    handle = await harness.start(state)
+    await harness.skip(timedelta(days=4, hours=2))
+    await wait_until(lambda: len(harness.fakes.deliveries) == 3, what="three occurrences")
+    await send_change(handle, TaskChange(action="complete"))
+    await handle.result()
+    await harness.env.sleep(timedelta(days=10))
+    assert len(harness.fakes.deliveries) == 3
+
+
+async def test_signals_change_the_task_and_bad_payloads_never_wedge_it(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=1))
+    handle = await harness.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    for name, payload in [
+        ("reschedule", "not an object"),
+        ("reschedule", {"due_at": "tomorrow"}),
+        ("reschedule", {"due_at": "2026-12-01T10:00:00"}),  # naive
+        ("reschedule", {"due_at": state.due_at.isoformat(), "status": "done"}),  # unknown field
+        ("reschedule", {}),
+        ("snooze", {"minutes": -5}),
+        ("reschedule", {"due_at": state.due_at.isoformat(), "organization_id": "someone-else"}),
+    ]:
+        await handle.signal(name, payload)
+    new_due = state.due_at + timedelta(hours=3)
+    await handle.signal("reschedule", {"due_at": new_due.isoformat()})
+    await wait_until(lambda: _row_due(harness, state) == new_due, what="the valid signal to reach the row")
+    await handle.signal("complete")
+    result = await handle.result()
+    assert result.status == "done"
+    assert result.due_at == new_due
+
+
+def _row_due(h: Harness, state: TaskState) -> datetime | None:
+    row = h.fakes.rows.get(state.task_id)
+    return row.due_at if row else None
+
+
+async def test_a_rejected_update_says_why_and_leaves_no_trace(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=1))
+    handle = await harness.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    before = await _update_events(handle)
+    with pytest.raises(WorkflowUpdateFailedError) as failed:
+        await send_change(handle, TaskChange(action="reschedule"))
+    assert isinstance(failed.value.cause, ApplicationError)
+    assert failed.value.cause.type == "Invalid"
+    assert "needs a new time" in str(failed.value.cause)
+    # A validator's rejection records no update in the history (the test server may still record the
+    # workflow task that ran the validator; the real server drops it).
+    assert await _update_events(handle) == before
+
+
+async def _update_events(handle: WorkflowHandle[TaskWorkflow, TaskState]) -> list[str]:
+    return [
+        EventType.Name(event.event_type)
+        for event in (await handle.fetch_history()).events
+        if "UPDATE" in EventType.Name(event.event_type)
+    ]
+
+
+async def test_a_repeated_request_id_applies_once(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(days=1))
+    handle = await harness.start(state)
+    change = TaskChange(action="snooze", minutes=30, request_id="req-1")
+    first = await send_change(handle, change)
+    second = await send_change(handle, change)
+    assert first.due_at == second.due_at
+    assert first.version == second.version
