@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core import recurrence
+from core.db import tenant_transaction
 from core.models import Notification, Task, notification_message
 from core.payloads import (
     DELIVER_REMINDER,
@@ -60,7 +61,7 @@ class TaskActivities:
         stmt = stmt.on_conflict_do_update(
             index_elements=[Task.id], set_=mutable, where=Task.version < stmt.excluded.version
         )
-        async with self.sessionmaker.begin() as session:
+        async with tenant_transaction(self.sessionmaker, state.organization_id) as session:
             await session.execute(stmt)
 
     @activity.defn(name=NEXT_OCCURRENCE)
@@ -70,7 +71,7 @@ class TaskActivities:
     @activity.defn(name=DELIVER_REMINDER)
     async def deliver_reminder(self, input: DeliverReminderInput) -> int | None:
         """Write the occurrence's one notification row, then publish it. Returns its id (None: not due)."""
-        async with self.sessionmaker.begin() as session:
+        async with tenant_transaction(self.sessionmaker, input.organization_id) as session:
             task = await session.scalar(
                 select(Task).where(Task.id == input.task_id, Task.organization_id == input.organization_id)
             )

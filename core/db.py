@@ -1,22 +1,42 @@
-"""The SQLAlchemy async engine and session factory, made once per process."""
+"""The SQLAlchemy async engine and session factory, made once per process, and tenant transactions."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core.settings import Settings
 
 
 def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
-    # application_name shows which process holds a connection in pg_stat_activity.
+    server_settings = {"application_name": application_name}  # shows in pg_stat_activity
+    if settings.database_role:
+        # Every session runs as the app's role, which row-level security applies to (not the owner).
+        server_settings["role"] = settings.database_role
     return create_async_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=False,
-        connect_args={"server_settings": {"application_name": application_name}},
+        connect_args={"server_settings": server_settings},
     )
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def tenant_transaction(
+    sessionmaker: async_sessionmaker[AsyncSession], organization_id: str
+) -> AsyncIterator[AsyncSession]:
+    """One transaction that sees and writes only ``organization_id``'s rows (row-level security).
+
+    The setting is local to the transaction (SET LOCAL), so it never outlives it on a pooled connection.
+    Commits when the block ends, rolls back if it raises.
+    """
+    async with sessionmaker.begin() as session:
+        await session.execute(select(func.set_config("tickler.organization_id", organization_id, True)))
+        yield session

@@ -5,6 +5,7 @@ TicklerError            500, never raised for client mistakes
 ├── NotFound            404, also for ids of other organizations
 ├── Conflict            409, the change clashes with the task's state
 ├── Unprocessable       422, well-formed but invalid input
+├── TooManyRequests     429, a limit was reached; retry after `retry_after` seconds
 └── Unavailable         503, a dependency is down; retry later
 """
 
@@ -23,6 +24,10 @@ class TicklerError(Exception):
         self.detail = detail
         self.extra = extra
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
     def problem(self) -> dict[str, Any]:
         """RFC 9457 problem details."""
         return {
@@ -38,6 +43,10 @@ class Unauthorized(TicklerError):
     status = 401
     title = "Unauthorized"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
 
 class NotFound(TicklerError):
     status = 404
@@ -52,6 +61,19 @@ class Conflict(TicklerError):
 class Unprocessable(TicklerError):
     status = 422
     title = "Unprocessable Content"
+
+
+class TooManyRequests(TicklerError):
+    status = 429
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class Unavailable(TicklerError):

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
         55432,
         description="Port of the PostgreSQL server `tickler run` starts when TICKLER_DATABASE_URL is unset.",
     )
+    database_role: str = Field(
+        "tickler_app",
+        description="Role of the app's sessions; row-level security applies to it (empty: the login role).",
+    )
     database_pool_size: int = Field(10, ge=1, description="Connections per process in the pool.")
     redis_url: str = Field(
         "redis://127.0.0.1:56379/0", description="Redis URL. Unset: `tickler run` starts one."
@@ -64,9 +68,26 @@ class Settings(BaseSettings):
         min_length=32,
         description="HS256 secret of bearer tokens (32 bytes or more).",
     )
+    jwt_public_key_file: Path | None = Field(
+        None, description="PEM file of the CRM's RS256 public key; when set, tokens must be RS256."
+    )
+    jwt_jwks_file: Path | None = Field(
+        None,
+        description="JWKS file of the CRM's RS256 keys, picked by `kid`; when set, tokens must be RS256.",
+    )
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
     jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
+    session_cookie_name: str = Field("tickler_session", description="Cookie of the browser session.")
+    session_cookie_secure: bool = Field(
+        True, description="Mark the session cookie Secure; false only for plain http beyond localhost."
+    )
 
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="Requests per user and minute, across all web processes (0: no limit)."
+    )
+    sse_max_streams_per_user: int = Field(
+        10, ge=1, description="Open streams per user and web process; one more answers 429."
+    )
     sse_heartbeat_seconds: float = Field(15.0, gt=0, description="Comment line sent on idle streams.")
     sse_retry_ms: int = Field(2000, ge=0, description="`retry:` the stream tells browsers to wait.")
     sse_queue_size: int = Field(

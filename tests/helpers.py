@@ -24,7 +24,7 @@ from temporalio.worker import Worker
 
 from activities.tasks import TaskActivities
 from core.auth import mint_token
-from core.db import make_sessionmaker
+from core.db import make_sessionmaker, tenant_transaction
 from core.models import Notification, Task
 from core.payloads import TaskState
 from core.settings import Settings
@@ -191,7 +191,7 @@ async def insert_notifications(
     """``count`` notification rows of (org, user), behind one task row; their ids, ascending."""
     task = task_row(org=org, user=user)
     rows = [notification_row(task, key=str(n), payload={"title": f"Call Ana #{n}"}) for n in range(count)]
-    async with sessionmaker() as session, session.begin():
+    async with tenant_transaction(sessionmaker, org) as session:
         session.add(task)
         await session.flush()
         for row in rows:

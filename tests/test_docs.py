@@ -7,8 +7,13 @@ from pathlib import Path
 
 from core.payloads import SIGNALS
 from core.settings import Settings
+from tickler.settings_doc import readme_with_table
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_the_settings_table_is_generated_from_the_settings() -> None:
+    assert readme_with_table(README) == README, "run `python -m tickler.settings_doc` to update the README"
 
 
 def test_every_setting_is_in_the_readme_table() -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from core.db import tenant_transaction
 from core.models import Notification
 from core.settings import Settings
 from tests.helpers import bearer, new_org, wait_until
@@ -68,7 +69,7 @@ async def test_a_task_fires_to_the_open_stream_once(
         assert fetched.status_code == 200
         assert fetched.json() == task
 
-    async with sessionmaker() as session:
+    async with tenant_transaction(sessionmaker, org) as session:
         rows = await session.scalar(
             select(func.count())
             .select_from(Notification)

@@ -8,15 +8,18 @@ from collections.abc import AsyncGenerator
 from quart import Quart
 from quart_schema import Info, QuartSchema
 
+from core.auth import TokenVerifier
 from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from web import health
 from web.errors import register_error_handlers
+from web.limits import RateLimiter
 from web.notifications.routes import blueprint as notifications
 from web.requests import JSONRequest
 from web.resources import EXTENSION_KEY, Resources
+from web.session.routes import blueprint as session
 from web.stream.hub import StreamHub
 from web.stream.routes import blueprint as stream
 from web.tasks.routes import blueprint as tasks
@@ -36,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         security=[{"bearer": []}],
     )
     register_error_handlers(app)
-    for blueprint in (health.blueprint, tasks, notifications, stream):
+    for blueprint in (health.blueprint, session, tasks, notifications, stream):
         app.register_blueprint(blueprint)
 
     @app.while_serving
@@ -54,6 +57,8 @@ def create_app(settings: Settings | None = None) -> Quart:
                 redis=redis,
                 temporal=temporal,
                 hub=hub,
+                verifier=TokenVerifier(settings),
+                rate_limiter=RateLimiter(redis, settings.rate_limit_per_minute),
             )
             yield
         finally:

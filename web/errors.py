@@ -10,7 +10,7 @@ from quart import Quart, Response, json
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from core.errors import TicklerError, Unauthorized
+from core.errors import TicklerError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ def _validation_errors(error: Exception) -> list[dict[str, str]]:
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(TicklerError)
     async def tickler_error(error: TicklerError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
-        return problem_response(error.problem(), error.status, headers)
+        return problem_response(error.problem(), error.status, error.headers)
 
     @app.errorhandler(RequestSchemaValidationError)
     async def invalid_request(error: RequestSchemaValidationError) -> Response:

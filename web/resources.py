@@ -9,7 +9,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from core.auth import TokenVerifier
 from core.settings import Settings
+from web.limits import RateLimiter
 from web.stream.hub import StreamHub
 
 EXTENSION_KEY = "tickler"
@@ -23,6 +25,8 @@ class Resources:
     redis: Redis
     temporal: Client
     hub: StreamHub
+    verifier: TokenVerifier
+    rate_limiter: RateLimiter
 
 
 def resources() -> Resources:

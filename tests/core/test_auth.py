@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -17,10 +21,16 @@ OTHER_SECRET = "another-secret-of-at-least-32-bytes!"
 
 
 def make_settings(
-    secret: str = SECRET, *, issuer: str | None = None, audience: str | None = None
+    secret: str = SECRET, *, issuer: str | None = None, audience: str | None = None, **keys: Path
 ) -> Settings:
     # Everything auth reads is given here, so neither the environment nor .env can change the outcome.
-    return Settings(jwt_secret=SecretStr(secret), jwt_issuer=issuer, jwt_audience=audience)
+    return Settings(
+        jwt_secret=SecretStr(secret),
+        jwt_issuer=issuer,
+        jwt_audience=audience,
+        jwt_public_key_file=keys.get("jwt_public_key_file"),
+        jwt_jwks_file=keys.get("jwt_jwks_file"),
+    )
 
 
 def sign(claims: dict[str, object], secret: str = SECRET, algorithm: str = "HS256") -> str:
@@ -44,14 +54,20 @@ def refused(settings: Settings, token: str) -> Unauthorized:
     return error
 
 
+def who(principal: Principal) -> tuple[str, str]:
+    return principal.user_id, principal.organization_id
+
+
 def test_a_minted_token_verifies_to_its_principal() -> None:
     settings = make_settings()
     token = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
-    assert verify_token(settings, token) == Principal(user_id="7", organization_id="42")
+    principal = verify_token(settings, token)
+    assert who(principal) == ("7", "42")
+    assert 55 <= (principal.expires_at - datetime.now(UTC)).total_seconds() <= 60
 
 
 def test_a_numeric_org_claim_is_read_as_a_string() -> None:
-    assert verify_token(make_settings(), sign(valid_claims(org=42))) == Principal("7", "42")
+    assert who(verify_token(make_settings(), sign(valid_claims(org=42)))) == ("7", "42")
 
 
 def test_an_expired_token_says_it_expired() -> None:
@@ -118,7 +134,7 @@ def test_the_issuer_is_enforced_when_set() -> None:
     settings = make_settings(issuer="crm.example")
     good = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
     assert jwt.decode(good, options={"verify_signature": False})["iss"] == "crm.example"
-    assert verify_token(settings, good) == Principal("7", "42")
+    assert who(verify_token(settings, good)) == ("7", "42")
     refused(settings, sign(valid_claims()))
     refused(settings, sign(valid_claims(iss="evil.example")))
 
@@ -127,17 +143,66 @@ def test_the_audience_is_enforced_when_set() -> None:
     settings = make_settings(audience="tickler")
     good = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
     assert jwt.decode(good, options={"verify_signature": False})["aud"] == "tickler"
-    assert verify_token(settings, good) == Principal("7", "42")
+    assert who(verify_token(settings, good)) == ("7", "42")
     refused(settings, sign(valid_claims()))
     refused(settings, sign(valid_claims(aud="another-service")))
-    assert verify_token(settings, sign(valid_claims(aud=["another-service", "tickler"]))) == Principal(
-        "7", "42"
-    )
+    both = sign(valid_claims(aud=["another-service", "tickler"]))
+    assert who(verify_token(settings, both)) == ("7", "42")
 
 
 def test_issuer_and_audience_together() -> None:
     settings = make_settings(issuer="crm.example", audience="tickler")
     good = mint_token(settings, user_id="7", organization_id="42", ttl_seconds=60)
-    assert verify_token(settings, good) == Principal("7", "42")
+    assert who(verify_token(settings, good)) == ("7", "42")
     refused(settings, sign(valid_claims(iss="crm.example")))
     refused(settings, sign(valid_claims(aud="tickler")))
+
+
+# -- RS256: a PEM public key, or a JWKS picked by kid --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> tuple[Any, Any]:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(65537, 2048), rsa.generate_private_key(65537, 2048)
+
+
+def _pem(private_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    public = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return public.decode()
+
+
+def test_rs256_with_a_pem_public_key(tmp_path: Path, rsa_keys: tuple[Any, Any]) -> None:
+    ours, theirs = rsa_keys
+    key_file = tmp_path / "crm.pem"
+    key_file.write_text(_pem(ours))
+    settings = make_settings(jwt_public_key_file=key_file)
+    assert who(verify_token(settings, jwt.encode(valid_claims(), ours, algorithm="RS256"))) == ("7", "42")
+    refused(settings, jwt.encode(valid_claims(), theirs, algorithm="RS256"))
+    # The public key used as an HMAC secret (algorithm confusion) and plain HS256 are refused.
+    refused(settings, sign(valid_claims()))
+
+
+def test_rs256_with_a_jwks_picks_the_key_by_kid(tmp_path: Path, rsa_keys: tuple[Any, Any]) -> None:
+    ours, theirs = rsa_keys
+    jwks = {
+        "keys": [
+            {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": kid, "alg": "RS256"}
+            for key, kid in ((ours, "one"), (theirs, "two"))
+        ]
+    }
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(json.dumps(jwks))
+    settings = make_settings(jwt_jwks_file=jwks_file)
+    for key, kid in ((ours, "one"), (theirs, "two")):
+        token = jwt.encode(valid_claims(), key, algorithm="RS256", headers={"kid": kid})
+        assert who(verify_token(settings, token)) == ("7", "42")
+    refused(settings, jwt.encode(valid_claims(), ours, algorithm="RS256", headers={"kid": "two"}))
+    refused(settings, jwt.encode(valid_claims(), ours, algorithm="RS256", headers={"kid": "three"}))
+    refused(settings, jwt.encode(valid_claims(), ours, algorithm="RS256"))  # no kid, two keys
+    refused(settings, sign(valid_claims()))

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from core.db import tenant_transaction
 from core.models import Task
 from core.settings import Settings
 from tests.helpers import bearer, new_org, run_worker, serve_app, wait_until
@@ -310,7 +311,7 @@ async def test_no_row_without_its_workflow_when_the_worker_is_down(
     org = new_org()
 
     async def rows() -> list[Task]:
-        async with sessionmaker() as session:
+        async with tenant_transaction(sessionmaker, org) as session:
             return list((await session.scalars(select(Task).where(Task.organization_id == org))).all())
 
     headers = bearer(settings, "7", org) | {"Idempotency-Key": "crash-1"}

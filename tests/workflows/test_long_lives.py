@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Worker
 
+from core.db import tenant_transaction
 from core.models import Task
 from core.payloads import STATE_QUERY, SYNC_UPDATE, TaskState, TaskWorkflowInput
 from core.settings import Settings
@@ -52,7 +53,7 @@ async def test_twenty_thousand_reschedules_continue_as_new_and_lose_nothing(
     final_due = base + timedelta(minutes=RESCHEDULES)
 
     async def row_due() -> datetime | None:
-        async with sessionmaker() as session:
+        async with tenant_transaction(sessionmaker, state.organization_id) as session:
             row = await session.get(Task, uuid.UUID(str(state.task_id)))
         return row.due_at if row else None
 

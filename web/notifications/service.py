@@ -8,6 +8,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.auth import Principal
+from core.db import tenant_transaction
 from core.errors import NotFound
 from core.models import Notification
 from core.payloads import NotificationEvent
@@ -43,21 +44,21 @@ def page_query(who: Principal, query: NotificationQuery) -> Select[Notification]
 async def page(
     res: Resources, who: Principal, query: NotificationQuery
 ) -> tuple[list[Notification], str | None]:
-    async with res.sessionmaker() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         rows = list((await session.scalars(page_query(who, query))).all())
     shown = rows[: query.limit]
     return shown, str(shown[-1].id) if len(rows) > query.limit else None
 
 
 async def unread_count(res: Resources, who: Principal) -> int:
-    async with res.sessionmaker() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         return await _unread(session, who)
 
 
 async def set_read(res: Resources, who: Principal, notification_id: int, read: bool) -> Notification:
     """Mark one notification read (keeping the first read time) or unread, then tell the other tabs."""
     read_at = func.coalesce(Notification.read_at, func.now()) if read else None
-    async with res.sessionmaker.begin() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         row = await session.scalar(
             update(Notification)
             .where(_mine(who), Notification.id == notification_id)
@@ -73,7 +74,7 @@ async def set_read(res: Resources, who: Principal, notification_id: int, read: b
 
 async def read_all(res: Resources, who: Principal) -> tuple[int, int]:
     now = datetime.now(UTC)
-    async with res.sessionmaker.begin() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         ids = list(
             (
                 await session.scalars(

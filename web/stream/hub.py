@@ -105,6 +105,9 @@ class StreamHub:
             if not subs:
                 del self.subscriptions[sub.audience]
 
+    def streams_of(self, organization_id: str, user_id: str) -> int:
+        return len(self.subscriptions.get((organization_id, user_id), ()))
+
     @property
     def stream_count(self) -> int:
         return sum(len(subs) for subs in self.subscriptions.values())

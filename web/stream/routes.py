@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 from quart import Blueprint, Response, json, request
 from sqlalchemy import func, select
 
 from core.auth import Principal
+from core.db import tenant_transaction
+from core.errors import TooManyRequests
 from core.models import Notification, notification_message
 from web.auth import authenticated, principal
 from web.resources import Resources, resources
@@ -40,7 +43,7 @@ def parse_last_event_id(raw: str | None) -> int | None:
 
 async def _rows_after(res: Resources, who: Principal, after: int) -> AsyncIterator[Notification]:
     while True:
-        async with res.sessionmaker() as session:
+        async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
             rows = (
                 await session.scalars(
                     select(Notification)
@@ -61,7 +64,7 @@ async def _rows_after(res: Resources, who: Principal, after: int) -> AsyncIterat
 
 
 async def _newest_id(res: Resources, who: Principal) -> int:
-    async with res.sessionmaker() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         newest = await session.scalar(
             select(func.max(Notification.id)).where(
                 Notification.organization_id == who.organization_id, Notification.user_id == who.user_id
@@ -93,9 +96,15 @@ async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncI
                 catch_up = False
             if getter is None:
                 getter = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait({getter}, timeout=settings.sse_heartbeat_seconds)
+            left = (who.expires_at - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                # The token behind this stream has expired: end it; the client must sign in again.
+                yield format_event("{}", event="session.expired")
+                return
+            done, _ = await asyncio.wait({getter}, timeout=min(settings.sse_heartbeat_seconds, left))
             if not done:
-                yield HEARTBEAT
+                if left > settings.sse_heartbeat_seconds:
+                    yield HEARTBEAT
                 continue
             item = getter.result()
             getter = None
@@ -124,6 +133,12 @@ async def stream() -> Response:
     """
     res = resources()
     who = principal()
+    if res.hub.streams_of(who.organization_id, who.user_id) >= res.settings.sse_max_streams_per_user:
+        raise TooManyRequests(
+            f"You have {res.settings.sse_max_streams_per_user} streams open already; close one, or share "
+            "one stream between your tabs.",
+            retry_after=max(1, res.settings.sse_retry_ms // 1000),
+        )
     last_id = parse_last_event_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
     response = Response(
         _events(res, who, last_id),

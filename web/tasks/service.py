@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.auth import Principal
+from core.db import tenant_transaction
 from core.errors import Conflict, NotFound, Unavailable, Unprocessable
 from core.models import Task
 from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, TASK_WORKFLOW, TaskChange, TaskState, TaskWorkflowInput
@@ -163,7 +164,7 @@ async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change
 
 
 async def _find(res: Resources, who: Principal, task_id: uuid.UUID) -> Task | None:
-    async with res.sessionmaker() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         task: Task | None = await session.scalar(
             select(Task).where(Task.id == task_id, Task.organization_id == who.organization_id)
         )
@@ -216,7 +217,7 @@ def list_query(who: Principal, query: TaskQuery) -> Select[Task]:
 
 
 async def list_tasks(res: Resources, who: Principal, query: TaskQuery) -> tuple[list[Task], str | None]:
-    async with res.sessionmaker() as session:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
         rows = list((await session.scalars(list_query(who, query))).all())
     page = rows[: query.limit]
     return page, encode_cursor(page[-1]) if len(rows) > query.limit else None
