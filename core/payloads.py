@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 # Imported here, not where used: the workflow sandbox warns about (and may refuse) late imports.
 from dateutil.rrule import rrulestr
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 TaskStatus = Literal["open", "done", "cancelled"]
 
@@ -39,6 +47,19 @@ class Recurrence(BaseModel):
             check_rrule(self.rrule)
         return self
 
+
+def storable_text(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone UTF-16 surrogates (which JSON can carry): refuse them."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode text (it has a lone surrogate)") from exc
+    return value
+
+
+Text = Annotated[str, AfterValidator(storable_text)]
 
 ALLOWED_FREQUENCIES = {"DAILY", "WEEKLY", "MONTHLY", "YEARLY"}
 
@@ -138,8 +159,8 @@ class TaskChange(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     action: TaskAction
-    title: str | None = Field(None, min_length=1, max_length=200)
-    notes: str | None = Field(None, max_length=10_000, description='"" clears the notes.')
+    title: Text | None = Field(None, min_length=1, max_length=200)
+    notes: Text | None = Field(None, max_length=10_000, description='"" clears the notes.')
     due_at: AwareDatetime | None = None
     until: AwareDatetime | None = Field(None, description="snooze: the new due time")
     minutes: int | None = Field(None, ge=1, le=366 * 24 * 60, description="snooze: minutes from now")

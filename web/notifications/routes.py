@@ -39,7 +39,7 @@ async def unread_count() -> UnreadCount:
     return UnreadCount(count=await service.unread_count(resources(), principal()))
 
 
-@blueprint.post("/<int:notification_id>/read")
+@blueprint.post("/<int(max=9223372036854775807):notification_id>/read")
 @authenticated
 @validate_response(NotificationOut)
 async def mark_read(notification_id: int) -> NotificationOut:
@@ -48,7 +48,7 @@ async def mark_read(notification_id: int) -> NotificationOut:
     return NotificationOut.model_validate(notification_message(row))
 
 
-@blueprint.post("/<int:notification_id>/unread")
+@blueprint.post("/<int(max=9223372036854775807):notification_id>/unread")
 @authenticated
 @validate_response(NotificationOut)
 async def mark_unread(notification_id: int) -> NotificationOut:

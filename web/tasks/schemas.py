@@ -16,14 +16,23 @@ from pydantic import (
     model_validator,
 )
 
-from core.payloads import Recurrence, TaskState, TaskStatus, check_timezone, normalize_offsets
+from core.payloads import (
+    Recurrence,
+    TaskState,
+    TaskStatus,
+    check_timezone,
+    normalize_offsets,
+    storable_text,
+)
 from web.schemas import DueTime, Identifier
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Notes = Annotated[str, StringConstraints(max_length=10_000)]
+Title = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(storable_text)
+]
+Notes = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(storable_text)]
 Offsets = Annotated[
     list[int],
-    AfterValidator(normalize_offsets),
+    AfterValidator(lambda offsets: list(normalize_offsets(offsets))),
     Field(description="Reminders in seconds before due_at, e.g. [86400, 900, 0]; 0 is at due time."),
 ]
 TimeZone = Annotated[
