@@ -5,7 +5,7 @@ Both may run more than once (retries, a worker that dies after the write): every
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 from sqlalchemy import func, select
@@ -83,7 +83,13 @@ class TaskActivities:
                 )
             if task.status != "open":
                 return None
-            notification = await _insert_once(session, task, input)
+            notification, created = await _insert_once(session, task, input)
+        if created:
+            # How late the reminder fired; due_at minus the offset is when it was meant to.
+            late = datetime.now(UTC) - (input.due_at - timedelta(seconds=input.offset_seconds))
+            activity.metric_meter().create_histogram_timedelta(
+                "tickler_reminder_lateness", "Time from a reminder's due instant to its notification row", "s"
+            ).record(max(late, timedelta(0)))
         await publish(
             self.redis,
             self.channel,
@@ -98,7 +104,10 @@ class TaskActivities:
         return notification.id
 
 
-async def _insert_once(session: AsyncSession, task: Task, input: DeliverReminderInput) -> Notification:
+async def _insert_once(
+    session: AsyncSession, task: Task, input: DeliverReminderInput
+) -> tuple[Notification, bool]:
+    """The occurrence's row, and whether this call created it."""
     # One user's notification ids commit in id order (identity ids are drawn at insert, not at commit):
     # streams send "every row after the last id sent", which must never skip a row that commits late.
     audience = f"{task.organization_id}/{task.assignee_id}"
@@ -118,9 +127,9 @@ async def _insert_once(session: AsyncSession, task: Task, input: DeliverReminder
     )
     inserted = await session.scalar(stmt)
     if inserted is not None:
-        return inserted
+        return inserted, True
     # A retry or a duplicated execution: the row exists; publish it again, streams drop duplicates by id.
     existing = await session.scalar(select(Notification).where(Notification.dedupe_key == input.dedupe_key))
     if existing is None:  # the conflicting row vanished: its task was deleted meanwhile
         raise ApplicationError(f"task {task.id} was deleted during delivery", non_retryable=True)
-    return existing
+    return existing, False

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How long a create or change waits for the worker's confirmation (then 503)."
     )
 
+    worker_metrics_port: int = Field(
+        0, ge=0, description="Port of the worker's Prometheus /metrics on 127.0.0.1 (0: no endpoint)."
+    )
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")
 

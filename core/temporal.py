@@ -7,6 +7,7 @@ import uuid
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from core.settings import Settings
 
@@ -29,9 +30,42 @@ def task_workflow_id(task_id: uuid.UUID) -> str:
     return f"task-{task_id}"
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        runtime=runtime,
+    )
+
+
+def metrics_runtime(bind_address: str) -> Runtime:
+    """A Temporal runtime exporting the SDK's metrics and ours (rejected signals, reminder lateness)
+    for Prometheus at http://<bind_address>/metrics."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(
+                bind_address=bind_address,
+                durations_as_seconds=True,
+                # Lateness of a reminder: milliseconds matter, minutes mean trouble.
+                histogram_bucket_overrides={
+                    "tickler_reminder_lateness": [
+                        0.001,
+                        0.0025,
+                        0.005,
+                        0.01,
+                        0.025,
+                        0.05,
+                        0.1,
+                        0.25,
+                        0.5,
+                        1,
+                        2.5,
+                        5,
+                        10,
+                        60,
+                    ]
+                },
+            )
+        )
     )

@@ -14,8 +14,6 @@ from typing import Any, TypeVar, cast, overload
 import httpx
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 from quart import Quart
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -31,7 +29,7 @@ from core.settings import Settings
 from tickler import devstack
 from tickler.worker import build_worker
 from web.app import create_app
-from web.resources import EXTENSION_KEY
+from web.server import hypercorn_config, serve_until
 
 T = TypeVar("T")
 
@@ -205,23 +203,18 @@ async def insert_notifications(
 
 
 @asynccontextmanager
-async def serve_app(settings: Settings) -> AsyncIterator[tuple[str, Quart]]:
-    """A web app of its own, served by Hypercorn on a free port: real HTTP, real streaming."""
-    port = devstack.free_port()
-    app = create_app(settings.model_copy(update={"web_port": port}))
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
+async def serve_app(settings: Settings, port: int | None = None) -> AsyncIterator[tuple[str, Quart]]:
+    """A web app of its own, served by Hypercorn on ``port`` (default: a free one): real HTTP, real streaming.
+
+    Pass the port of an app that has stopped to start it again where its clients reconnect.
+    """
+    port = port or devstack.free_port()
+    settings = settings.model_copy(update={"web_host": "127.0.0.1", "web_port": port})
+    app = create_app(settings)
+    config = hypercorn_config(settings)
     config.graceful_timeout = 2
     stop = asyncio.Event()
-
-    async def shutdown() -> None:
-        await stop.wait()
-        resources = app.extensions.get(EXTENSION_KEY)
-        if resources is not None:
-            resources.hub.close_all()
-
-    server = asyncio.create_task(serve(app, config, shutdown_trigger=shutdown))
+    server = asyncio.create_task(serve_until(app, config, stop))
     try:
         await asyncio.to_thread(devstack.wait_for_port, "127.0.0.1", port, 30.0)
         yield f"http://127.0.0.1:{port}", app

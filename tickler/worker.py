@@ -13,7 +13,7 @@ from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
 from core.settings import Settings
-from core.temporal import connect
+from core.temporal import connect, metrics_runtime
 from workflows.task import TaskWorkflow
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,10 @@ async def run_worker(settings: Settings) -> None:
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
     try:
-        client = await connect(settings)
+        runtime = None
+        if settings.worker_metrics_port:
+            runtime = metrics_runtime(f"127.0.0.1:{settings.worker_metrics_port}")
+        client = await connect(settings, runtime)
         activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel)
         worker = build_worker(client, settings, activities)
         stop = asyncio.Event()

@@ -8,24 +8,25 @@ import signal
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from quart import Quart
 
 from core.settings import Settings
 from web.app import create_app
 from web.resources import EXTENSION_KEY, Resources
 
 
-async def serve_web(settings: Settings) -> None:
-    app = create_app(settings)
+def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.web_host}:{settings.web_port}"]
     config.accesslog = None
     # Hypercorn would add its own handler to its error logger, so that every line printed twice.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    return config
+
+
+async def serve_until(app: Quart, config: Config, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then end every stream so that their clients reconnect elsewhere."""
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -35,3 +36,11 @@ async def serve_web(settings: Settings) -> None:
             res.hub.close_all()
 
     await serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+async def serve_web(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve_until(create_app(settings), hypercorn_config(settings), stop)
