@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from redis.asyncio import Redis
@@ -24,7 +25,7 @@ from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
 from core.settings import Settings
 from core.temporal import connect
-from tests.helpers import serve_app
+from tests.helpers import STREAM_DEADLINE, serve_app
 from tickler import devstack
 from tickler.migrate import upgrade
 from tickler.worker import build_worker
@@ -124,3 +125,10 @@ async def web_url(settings: Settings, worker: Worker) -> AsyncIterator[str]:
     """The web app served by Hypercorn on a free port: real HTTP, real streaming."""
     async with serve_app(settings) as (url, _):
         yield url
+
+
+@pytest.fixture
+async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the session's web app; its timeout outlasts a few stream heartbeats."""
+    async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
+        yield client

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,12 +54,6 @@ async def create(client: httpx.AsyncClient, headers: dict[str, str], **body: Any
 
 def task_ids(stream: StreamReader) -> list[str]:
     return [json.loads(e.data)["task_id"] for e in stream.notifications]
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
-        yield client
 
 
 async def test_many_users_in_two_organizations_each_receive_exactly_their_own(

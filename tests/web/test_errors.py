@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,12 +17,6 @@ from core.settings import Settings
 from tests.helpers import bearer, new_org
 
 PROBLEM_JSON = "application/problem+json"
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=15) as client:
-        yield client
 
 
 @pytest.fixture

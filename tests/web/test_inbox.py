@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from tests.helpers import STREAM_DEADLINE, bearer, insert_notifications, new_org, open_stream
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
-        yield client
+from tests.helpers import bearer, insert_notifications, new_org, open_stream
 
 
 async def test_unread_filter_count_read_unread_and_read_all(

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 
 from core.auth import mint_token
 from core.settings import Settings
 from tests.helpers import STREAM_DEADLINE, bearer, new_org, open_stream, serve_app
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
-        yield client
 
 
 def cookie(settings: Settings, token: str) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -26,12 +25,6 @@ from tests.helpers import (
 )
 
 DEADLINE = STREAM_DEADLINE
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=DEADLINE) as client:
-        yield client
 
 
 # -- framing -----------------------------------------------------------------------------------------

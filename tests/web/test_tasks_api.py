@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,6 @@ from core.db import tenant_transaction
 from core.models import Task
 from core.settings import Settings
 from tests.helpers import bearer, new_org, run_worker, serve_app, wait_until
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=20) as client:
-        yield client
 
 
 @pytest.fixture

@@ -6,20 +6,26 @@ added here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.settings import Settings
-from tests.helpers import STREAM_DEADLINE, bearer, insert_notifications, new_org, open_stream
+from tests.helpers import bearer, insert_notifications, new_org, open_stream
 from web.app import create_app
 
 # Routes anyone may call, and routes about the caller only (they name no id of someone else).
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/redocs", "/scalar", "/static/<path:filename>"}
+PUBLIC = {
+    "/healthz",
+    "/openapi.json",
+    "/docs",
+    "/redocs",
+    "/scalar",
+    "/static/<path:filename>",
+    "/assets/<path:filename>",
+}
 SELF_ONLY = {"/v1/session", "/v1/session/dev", "/v1/notifications/stream"}
 SWEPT = {
     "/v1/tasks",
@@ -38,12 +44,6 @@ def test_the_sweep_covers_every_route(settings: Settings) -> None:
     routes = {rule.rule for rule in create_app(settings).url_map.iter_rules()}
     unswept = routes - SWEPT - PUBLIC - SELF_ONLY - {"/"}
     assert unswept == set(), "add these routes to the tenant sweep"
-
-
-@pytest.fixture
-async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
-        yield client
 
 
 async def test_two_organizations_two_users_each(
