@@ -17,6 +17,7 @@ from web import health
 from web.errors import register_error_handlers
 from web.limits import RateLimiter
 from web.notifications.routes import blueprint as notifications
+from web.page.routes import blueprint as page
 from web.requests import JSONRequest
 from web.resources import EXTENSION_KEY, Resources
 from web.session.routes import blueprint as session
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or get_settings()
-    app = Quart(__name__)
+    # No app-level static route: it would shadow the page blueprint's assets.
+    app = Quart(__name__, static_folder=None)
     app.request_class = JSONRequest
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     QuartSchema(
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         security=[{"bearer": []}],
     )
     register_error_handlers(app)
-    for blueprint in (health.blueprint, session, tasks, notifications, stream):
+    for blueprint in (health.blueprint, session, tasks, notifications, stream, page):
         app.register_blueprint(blueprint)
 
     @app.while_serving
