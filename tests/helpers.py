@@ -17,14 +17,14 @@ from httpx_sse._decoders import SSEDecoder
 from quart import Quart
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.tasks import TaskActivities
 from core.auth import mint_token
 from core.db import make_sessionmaker, tenant_transaction
 from core.models import Notification, Task
-from core.payloads import TaskState
+from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, TaskState, TaskWorkflowInput
 from core.settings import Settings
 from tickler import devstack
 from tickler.worker import build_worker
@@ -231,3 +231,16 @@ async def run_worker(
     activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel)
     async with build_worker(temporal, settings, activities) as worker:
         yield worker
+
+
+async def start_task(temporal: Client, state: TaskState, task_queue: str) -> WorkflowHandle[Any, TaskState]:
+    """Start a task's workflow as the API would, and wait until it has saved its row."""
+    handle: WorkflowHandle[Any, TaskState] = await temporal.start_workflow(
+        TASK_WORKFLOW,
+        TaskWorkflowInput(state=state),
+        id=f"task-{state.task_id}",
+        task_queue=task_queue,
+        result_type=TaskState,
+    )
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    return handle

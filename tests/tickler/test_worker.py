@@ -14,9 +14,8 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from core.payloads import SYNC_UPDATE, TaskState, TaskWorkflowInput
 from core.settings import Settings
-from tests.helpers import task_state, wait_until
+from tests.helpers import start_task, task_state, wait_until
 from tickler import devstack
 
 
@@ -49,13 +48,7 @@ async def test_the_worker_exports_lateness_and_rejected_signals(
 ) -> None:
     settings, port = worker_process
     state = task_state(due_in=timedelta(seconds=1))
-    handle = await temporal.start_workflow(
-        "TaskWorkflow",
-        TaskWorkflowInput(state=state),
-        id=f"task-{state.task_id}",
-        task_queue=settings.temporal_task_queue,
-    )
-    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    handle = await start_task(temporal, state, settings.temporal_task_queue)
     await handle.signal("reschedule", {"due_at": "not a time"})
 
     async def metrics() -> str:

@@ -15,9 +15,9 @@ from temporalio.worker import Worker
 
 from core.db import tenant_transaction
 from core.models import Task
-from core.payloads import STATE_QUERY, SYNC_UPDATE, TaskState, TaskWorkflowInput
+from core.payloads import STATE_QUERY, TaskState
 from core.settings import Settings
-from tests.helpers import task_state, wait_until
+from tests.helpers import start_task, task_state, wait_until
 
 RESCHEDULES = int(os.environ.get("TICKLER_TEST_RESCHEDULES", "20000"))
 
@@ -27,13 +27,7 @@ async def test_twenty_thousand_reschedules_continue_as_new_and_lose_nothing(
     temporal: Client, worker: Worker, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     state = task_state(due_in=timedelta(days=300))
-    handle = await temporal.start_workflow(
-        "TaskWorkflow",
-        TaskWorkflowInput(state=state),
-        id=f"task-{state.task_id}",
-        task_queue=settings.temporal_task_queue,
-    )
-    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    handle = await start_task(temporal, state, settings.temporal_task_queue)
     base = state.due_at
     # A few senders at once: a storm of hundreds per second would keep every continue-as-new from
     # completing (each one is refused while new signals arrive) until the server's cap of 10,000
