@@ -29,6 +29,11 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The benchmark suite (issue 7), not part of `make test`: the embedded stack, Tickler and the BullMQ
+# baseline, report under bench/results/<time>/. BENCH_ARGS="--scale small" for a quick run.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 # Re-record the workflow histories that tests/workflows/test_replay.py replays.
 histories: $(STAMP)
 	$(BIN)/python -m tests.workflows.record_histories

@@ -1,0 +1,244 @@
+"""`python -m bench`: start the embedded stack, run the scenarios on each system, write the report.
+
+The compared scenarios (create, spread, bursts) run on every system in --systems, `--repeat` times,
+alternating which system goes first; fan-out and idle run on Tickler alone. Systems:
+
+  tickler            `python -m tickler worker` and `python -m tickler web`, as `make run` starts them
+  tickler:KNOBS      the same web, and bench/worker.py with other worker options (a variant of
+                     bench.worker.VARIANTS, or key=value,...), e.g. tickler:tuned
+  tickler:...+web-uvloop  the web process on uvloop (bench/web.py), e.g. tickler:stock+web-uvloop
+  baseline           BullMQ delayed jobs + a Node worker and SSE server (bench/baseline/)
+  baseline:hz100     the same with Redis `hz 100` while it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvloop
+
+from bench import report as reporting
+from bench import scenarios
+from bench.stack import ROOT, App, Stack, raise_file_limit, terminate_on_sigterm
+from bench.stats import median_of
+
+COMPARED = ("create", "spread", "burst")
+TICKLER_ONLY = ("idle", "fanout")
+SCENARIO_TIMEOUT = 1200.0
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", choices=sorted(scenarios.SCALES), default="full")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(COMPARED + TICKLER_ONLY),
+        help="comma-separated subset of: create, spread, burst, idle, fanout",
+    )
+    parser.add_argument("--systems", default="tickler,baseline", help="comma-separated (see above)")
+    parser.add_argument("--repeat", type=int, default=None, help="runs of the compared scenarios")
+    parser.add_argument("--history-limit", type=int, default=5000, help="workflow histories read per burst")
+    parser.add_argument(
+        "--temporal-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dynamic config for the Temporal dev server (a lever to try)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default bench/results/<time>)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 2 if args.scale == "small" else 1
+    return args
+
+
+async def start_system(stack: Stack, system: str) -> App:
+    kind, _, variant = system.partition(":")
+    if kind == "tickler":
+        # "+web-uvloop" runs the web process on uvloop (bench/web.py); the rest names worker knobs.
+        variant, web_uvloop = variant.removesuffix("+web-uvloop"), variant.endswith("+web-uvloop")
+        variant = variant.removesuffix("stock")
+        worker = [sys.executable, "-m", "bench.worker", "--knobs", variant] if variant else None
+        return await asyncio.to_thread(partial(stack.start_tickler, worker, web_uvloop=web_uvloop))
+    if kind == "baseline":
+        if variant == "hz100":
+            await _redis_hz(stack, 100)
+        app = await asyncio.to_thread(stack.start_baseline)
+        app.system = "baseline"
+        return app
+    raise SystemExit(f"unknown system {system!r}")
+
+
+async def _redis_hz(stack: Stack, hz: int) -> None:
+    client = aioredis.from_url(stack.redis_url)
+    try:
+        await client.config_set("hz", hz)
+    finally:
+        await client.aclose()
+
+
+async def stop_system(stack: Stack, app: App, system: str) -> None:
+    await asyncio.to_thread(stack.stop_app, app)
+    if system == "baseline:hz100":
+        await _redis_hz(stack, 10)
+
+
+async def guarded(what: str, call: Awaitable[dict[str, Any]], notes: list[str]) -> dict[str, Any] | None:
+    log(f"  {what} ...")
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(SCENARIO_TIMEOUT):
+            result = await call
+    except Exception as exc:
+        notes.append(f"{what} failed: {exc!r}")
+        log(f"  {what} FAILED: {exc!r}")
+        return None
+    log(f"  {what} done in {time.monotonic() - began:.0f} s: {_headline(result)}")
+    return result
+
+
+def _headline(result: dict[str, Any]) -> str:
+    parts = []
+    lat = result.get("latency_ms")
+    if isinstance(lat, dict) and lat.get("n"):
+        parts.append(f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+    for key in ("tasks_per_second", "last_arrival_s", "missing", "early", "postgres_statements_per_minute"):
+        if key in result:
+            parts.append(f"{key} {result[key]}")
+    return "; ".join(parts)
+
+
+async def warm_up(ctx: scenarios.Context, attempts: int = 3) -> None:
+    """The end-to-end check before measuring; a slow first start (503s) gets two more tries."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await scenarios.warm_up(ctx)
+            return
+        except RuntimeError as exc:
+            ctx.notes.append(f"{ctx.app.system} warm-up {attempt} failed: {str(exc)[:200]}")
+            log(f"  warm-up {attempt} failed: {str(exc)[:200]}")
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(10.0)
+
+
+async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    scale = scenarios.SCALES[args.scale]
+    chosen = set(args.scenarios.split(","))
+    systems: list[str] = args.systems.split(",")
+    runs: dict[str, dict[str, list[Any]]] = report["runs"]
+    notes: list[str] = report["notes"]
+    report["servers"] = await reporting.server_versions(stack)
+    run_id = uuid.uuid4().hex[:6]
+
+    for rep in range(args.repeat if chosen & set(COMPARED) else 0):
+        order = systems if rep % 2 == 0 else systems[::-1]
+        for system in order:
+            log(f"run {rep + 1}/{args.repeat}: {system}")
+            app = await start_system(stack, system)
+            try:
+                ctx = scenarios.Context(stack, app, scale, run_id, args.history_limit, notes=notes)
+                await warm_up(ctx)
+                found = runs.setdefault(system, {})
+                if "create" in chosen:
+                    result = await guarded(f"{system} create", scenarios.create(ctx), notes)
+                    found.setdefault("create", []).append(result)
+                if "spread" in chosen:
+                    result = await guarded(f"{system} spread", scenarios.spread_latency(ctx), notes)
+                    found.setdefault("spread", []).append(result)
+                if "burst" in chosen:
+                    for count in scale.bursts:
+                        result = await guarded(f"{system} burst {count}", scenarios.burst(ctx, count), notes)
+                        found.setdefault(f"burst{count}", []).append(result)
+            finally:
+                await stop_system(stack, app, system)
+            report["medians"] = {
+                s: {k: median_of(v) for k, v in by_key.items()} for s, by_key in runs.items()
+            }
+
+    only = [s for s in TICKLER_ONLY if s in chosen]
+    if only:
+        system = next((s for s in systems if s.startswith("tickler")), "tickler")
+        log(f"{system}: {', '.join(only)}")
+        app = await start_system(stack, system)
+        try:
+            ctx = scenarios.Context(stack, app, scale, run_id, args.history_limit, notes=notes)
+            await warm_up(ctx)
+            if "idle" in only:
+                report["tickler_only"]["idle"] = await guarded("idle", scenarios.idle(ctx), notes)
+            if "fanout" in only:
+                report["tickler_only"]["fanout"] = await guarded("fanout", scenarios.fanout(ctx), notes)
+        finally:
+            await stop_system(stack, app, system)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.strftime("%Y%m%d-%H%M%S")
+    out_dir: Path = args.out or ROOT / "bench" / "results" / started
+    file_limit = raise_file_limit()
+    data_dir = Path(tempfile.mkdtemp(prefix="tickler-bench-"))
+    temporal_config = dict(item.split("=", 1) for item in args.temporal_config)
+    stack = Stack(data_dir, out_dir / "logs", temporal_config)
+    report: dict[str, Any] = {
+        "started": started,
+        "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "scale": args.scale,
+        "scale_figures": scenarios.SCALES[args.scale].__dict__,
+        "systems": args.systems.split(","),
+        "repeat": args.repeat,
+        "temporal_dynamic_config_extra": temporal_config,
+        "file_limit": file_limit,
+        "machine": reporting.machine(),
+        "versions": reporting.versions(),
+        "settings": {},
+        "runs": {},
+        "medians": {},
+        "tickler_only": {},
+        "notes": [],
+    }
+    began = time.monotonic()
+    log(f"bench: {args.scale} scale, results in {out_dir}")
+    code = 0
+    with terminate_on_sigterm():
+        try:
+            log("starting PostgreSQL, Redis and the Temporal dev server")
+            stack.start_servers()
+            report["settings"] = stack.tickler_settings().model_dump(mode="json", exclude={"jwt_secret"})
+            # uvloop, as the fan-out clients: a lighter client disturbs the measured processes less.
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run_all(stack, args, report))
+        except KeyboardInterrupt:
+            report["interrupted"] = True
+            code = 130
+            log("interrupted: stopping everything")
+        finally:
+            with contextlib.suppress(KeyboardInterrupt):
+                stack.stop_all()
+                shutil.rmtree(data_dir, ignore_errors=True)
+            report["seconds"] = time.monotonic() - began
+            report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            reporting.write(report, out_dir, log)
+    return code
