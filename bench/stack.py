@@ -296,6 +296,8 @@ def terminate_on_sigterm() -> Iterator[None]:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A shell starts background jobs with SIGINT ignored: make Ctrl-C (or kill -INT) work there too.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
