@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,16 +43,10 @@ def raise_file_limit() -> int:
     return hard
 
 
-def _preexec(death_signal: signal.Signals) -> Callable[[], None]:
-    die = devstack.die_with_parent(death_signal)
-
-    def setup() -> None:
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        if die is not None:
-            die()
-
-    return setup
+def _raise_file_limit() -> None:
+    # Thousands of streams need thousands of file descriptors.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -192,20 +186,9 @@ class Stack:
     # -- processes ---------------------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> devstack.ManagedProcess:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_preexec(signal.SIGTERM),
-            )
-        return devstack.ManagedProcess(name, popen, "", log_path)
+        return devstack.spawn(
+            name, argv, log_path=self.log_dir / f"{name}.log", cwd=ROOT, env=env, in_child=_raise_file_limit
+        )
 
     def _wait_healthy(self, app: App, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -127,7 +127,7 @@ def start_postgres(data_dir: Path, port: int) -> ManagedProcess:
     ]  # fmt: skip
     if preload:
         argv += ["-c", "shared_preload_libraries=pg_stat_statements"]
-    process = _spawn(
+    process = spawn(
         "postgres",
         argv,
         f"postgresql+asyncpg://tickler@127.0.0.1:{port}/tickler",
@@ -194,7 +194,7 @@ def start_redis(data_dir: Path, port: int) -> ManagedProcess:
         "--daemonize", "no",
         "--logfile", str(log_path),
     ]  # fmt: skip
-    process = _spawn("redis", argv, f"redis://127.0.0.1:{port}/0", log_path, signal.SIGTERM)
+    process = spawn("redis", argv, f"redis://127.0.0.1:{port}/0", log_path, signal.SIGTERM)
 
     def answers_ping() -> bool:
         # PING fails with LOADING while the append-only file is replayed.
@@ -239,7 +239,7 @@ def start_temporal(data_dir: Path, port: int, ui_port: int | None) -> ManagedPro
         _ensure_port_free(ui_port)
         argv += ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1", "--ui-disable-news-fetch"]
     address = f"127.0.0.1:{port}"
-    process = _spawn("temporal", argv, address, log_path, signal.SIGTERM)
+    process = spawn("temporal", argv, address, log_path, signal.SIGTERM)
 
     async def search_attributes_registered() -> bool:
         timeout = max(0.5, min(5.0, _remaining(deadline)))
@@ -267,35 +267,52 @@ def start_temporal(data_dir: Path, port: int, ui_port: int | None) -> ManagedPro
     return process
 
 
-def _spawn(
+def spawn(
     name: str,
     argv: list[str],
-    address: str,
-    log_path: Path,
-    stop_signal: signal.Signals,
+    address: str = "",
+    log_path: Path | None = None,
+    stop_signal: signal.Signals = signal.SIGTERM,
     *,
     user: pwd.struct_passwd | None = None,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    in_child: Callable[[], None] | None = None,
 ) -> ManagedProcess:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    """Start a child in a session of its own that dies with this process; its output goes to
+    ``log_path`` (else to ours). ``in_child`` runs in the child before ``argv`` (e.g. raising limits)."""
+    die = die_with_parent(stop_signal)
+
+    def setup() -> None:
+        if in_child is not None:
+            in_child()
+        if die is not None:
+            die()
+
+    log = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = log_path.open("ab")
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
         log.flush()
+    try:
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
-            stderr=subprocess.STDOUT,
+            stderr=None if log is None else subprocess.STDOUT,
             cwd=cwd,
             env=env,
-            # Ctrl-C reaches only the supervisor, which stops the servers in order.
+            # Ctrl-C reaches only the supervisor, which stops its children in order.
             start_new_session=True,
-            preexec_fn=die_with_parent(stop_signal),
+            preexec_fn=setup,
             user=None if user is None else user.pw_uid,
             group=None if user is None else user.pw_gid,
             extra_groups=None if user is None else [],
         )
+    finally:
+        if log is not None:
+            log.close()
     return ManagedProcess(name, popen, address, log_path, stop_signal)
 
 

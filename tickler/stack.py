@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,18 +21,6 @@ from tickler import devstack
 from tickler.migrate import upgrade
 
 log = logging.getLogger("tickler.run")
-
-
-def _spawn(name: str, env: dict[str, str]) -> devstack.ManagedProcess:
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "tickler", name],
-        env=env,
-        start_new_session=True,
-        # As the servers do: should `tickler run` be killed outright, the worker and the web process go too,
-        # instead of holding the web port and polling servers that are gone.
-        preexec_fn=devstack.die_with_parent(signal.SIGTERM),
-    )
-    return devstack.ManagedProcess(name=name, popen=popen, address="", log_path=None)
 
 
 def _probe_host(host: str) -> str:
@@ -108,7 +95,9 @@ def run_stack(settings: Settings) -> int:
         if stop.is_set():
             return 0
         for name in ("worker", "web"):
-            processes.append(_spawn(name, env))
+            # As the servers do, they die with `tickler run`, even killed outright, rather than hold the
+            # web port and poll servers that are gone.
+            processes.append(devstack.spawn(name, [sys.executable, "-m", "tickler", name], env=env))
         # "Tickler is up" only once the API answers, for whoever waits on this output.
         web_process = processes[-1].popen
         deadline = time.monotonic() + devstack.STARTUP_TIMEOUT

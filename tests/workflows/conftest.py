@@ -137,8 +137,9 @@ class Harness:
             span -= step
 
 
-@pytest.fixture
-async def harness(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def fake_worker(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    """A worker of the task workflow with fake activities, on a task queue of its own."""
     fakes = FakeActivities(env)
     task_queue = f"wf-{uuid.uuid4().hex[:8]}"
     async with Worker(
@@ -147,6 +148,11 @@ async def harness(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
         workflows=[TaskWorkflow],
         activities=[fakes.save_task, fakes.next_occurrence, fakes.deliver_reminder],
     ):
-        harness = Harness(env, fakes, task_queue)
+        yield Harness(env, fakes, task_queue)
+
+
+@pytest.fixture
+async def harness(env: WorkflowEnvironment) -> AsyncIterator[Harness]:
+    async with fake_worker(env) as harness:
         yield harness
         await harness.terminate_all()

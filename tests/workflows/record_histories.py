@@ -7,16 +7,14 @@ already running in production. Each scenario runs on the time-skipping test serv
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import WorkflowHandle
-from temporalio.worker import Worker
 
 from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
-from tests.workflows.conftest import FakeActivities, Harness, start_environment
+from tests.workflows.conftest import Harness, fake_worker, start_environment
 from tests.workflows.test_task_workflow import new_task
 from workflows.task import TaskWorkflow
 
@@ -72,15 +70,7 @@ SCENARIOS: list[Scenario] = [fires_then_completes, changes_and_signals_then_canc
 async def record() -> None:
     env = await start_environment()
     try:
-        fakes = FakeActivities(env)
-        queue = f"record-{uuid.uuid4().hex[:8]}"
-        async with Worker(
-            env.client,
-            task_queue=queue,
-            workflows=[TaskWorkflow],
-            activities=[fakes.save_task, fakes.next_occurrence, fakes.deliver_reminder],
-        ):
-            harness = Harness(env, fakes, queue)
+        async with fake_worker(env) as harness:
             for scenario in SCENARIOS:
                 handle = await scenario(harness)
                 history = await handle.fetch_history()
