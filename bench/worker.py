@@ -5,8 +5,9 @@
 It runs the product's workflow and activities (workflows.task.TaskWorkflow, activities.tasks
 .TaskActivities) with the product's clients and settings; only the temporalio Worker's options differ.
 Knobs: wf_pollers, act_pollers (maximum pollers), ratio (nonsticky_to_sticky_poll_ratio), sandbox (0 =
-UnsandboxedWorkflowRunner), cache (max_cached_workflows), wf_slots, act_slots, la_slots (max concurrent
-workflow tasks, activities, local activities), eager (0 disables eager activity execution), uvloop.
+UnsandboxedWorkflowRunner, 2 = the sandbox passing every module through), cache (max_cached_workflows),
+wf_slots, act_slots, la_slots (max concurrent workflow tasks, activities, local activities), eager (0
+disables eager activity execution), uvloop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 from typing import Any
 
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
@@ -34,6 +36,8 @@ VARIANTS = {
     "unsandboxed": "sandbox=0",
     "cache": "cache=20000",
     "tuned": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=0,cache=20000",
+    "sandboxed": "wf_pollers=20,act_pollers=20,ratio=1,cache=20000",
+    "passthrough": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=2,cache=20000",
     "tuned-uvloop": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=0,cache=20000,uvloop=1",
 }
 
@@ -57,6 +61,9 @@ def worker_options(knobs: dict[str, float]) -> dict[str, Any]:
         options["nonsticky_to_sticky_poll_ratio"] = knobs["ratio"]
     if knobs.get("sandbox", 1) == 0:
         options["workflow_runner"] = UnsandboxedWorkflowRunner()
+    elif knobs.get("sandbox", 1) == 2:
+        restrictions = SandboxRestrictions.default.with_passthrough_all_modules()
+        options["workflow_runner"] = SandboxedWorkflowRunner(restrictions=restrictions)
     if "cache" in knobs:
         options["max_cached_workflows"] = int(knobs["cache"])
     for knob, option in (

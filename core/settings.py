@@ -63,6 +63,27 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         0, ge=0, description="Port of the worker's Prometheus /metrics on 127.0.0.1 (0: no endpoint)."
     )
+    # Worker tuning: what each default gave is in docs/performance.md.
+    worker_workflow_pollers: int = Field(
+        20, ge=2, description="Most concurrent polls for workflow tasks (wake-ups, creates, changes)."
+    )
+    worker_activity_pollers: int = Field(5, ge=1, description="Most concurrent polls for activity tasks.")
+    worker_sticky_poll_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="Polls of the shared queue (new and evicted workflows) per poll of the worker's own.",
+    )
+    worker_cached_workflows: int = Field(
+        10_000, ge=0, description="Workflows kept in memory: a wake-up of a cached one replays nothing."
+    )
+    worker_sandboxed: bool = Field(
+        False,
+        description=(
+            "Run workflows in the SDK's sandbox: about twice the worker's CPU. The tests run them "
+            "sandboxed whatever this says, so a non-deterministic call fails there first."
+        ),
+    )
+    uvloop: bool = Field(True, description="Run the worker and web processes on uvloop where it exists.")
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")
 

@@ -81,6 +81,8 @@ def settings(servers: Servers) -> Settings:
         redis_channel=f"tickler-test-{uuid.uuid4().hex[:8]}",
         jwt_secret=SecretStr("test-secret-of-at-least-thirty-two-bytes"),
         sse_heartbeat_seconds=1.0,
+        # Production runs unsandboxed for speed; here the sandbox fails a non-deterministic call.
+        worker_sandboxed=True,
     )
     # The suite builds its schema with the migrations, so they are tested too.
     upgrade(settings.database_url)

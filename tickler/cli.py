@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from core.auth import mint_token
 from core.settings import DEV_JWT_SECRET, Settings, get_settings
@@ -28,6 +31,18 @@ def _refuse_dev_secret(settings: Settings) -> None:
         )
 
 
+def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived process's main coroutine, on uvloop unless told not to (or not installed)."""
+    loop_factory = None
+    if settings.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
+
+
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from tickler.stack import run_stack
 
@@ -37,7 +52,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from tickler.worker import run_worker
 
-    asyncio.run(run_worker(settings))
+    _run(settings, run_worker(settings))
     return 0
 
 
@@ -45,7 +60,7 @@ def _cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from web.server import serve_web
 
     _refuse_dev_secret(settings)
-    asyncio.run(serve_web(settings))
+    _run(settings, serve_web(settings))
     return 0
 
 

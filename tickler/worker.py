@@ -7,7 +7,8 @@ import logging
 import signal
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
@@ -20,11 +21,22 @@ log = logging.getLogger(__name__)
 
 
 def build_worker(client: Client, settings: Settings, activities: TaskActivities) -> Worker:
+    """The worker, tuned by settings (docs/performance.md says what each gave)."""
+    # The sandbox re-imports the workflow's modules for every new workflow and proxies each access:
+    # about half the worker's CPU (docs/performance.md). The tests run it, so its checks still apply.
+    runner = SandboxedWorkflowRunner() if settings.worker_sandboxed else UnsandboxedWorkflowRunner()
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[TaskWorkflow],
         activities=[activities.save_task, activities.next_occurrence, activities.deliver_reminder],
+        # By default one poller in five serves the shared queue, where new workflows and wake-ups of
+        # uncached ones arrive: under a burst of creates their first tasks queued and timers armed late.
+        workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(settings.worker_workflow_pollers),
+        nonsticky_to_sticky_poll_ratio=settings.worker_sticky_poll_ratio,
+        activity_task_poller_behavior=PollerBehaviorSimpleMaximum(settings.worker_activity_pollers),
+        max_cached_workflows=settings.worker_cached_workflows,
+        workflow_runner=runner,
     )
 
 
