@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from core.settings import Settings
+
+# Built once: SQLAlchemy then skips building and hashing the statement on every transaction.
+_SET_TENANT = select(func.set_config("tickler.organization_id", bindparam("organization_id"), True))
 
 
 def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
@@ -38,5 +41,5 @@ async def tenant_transaction(
     Commits when the block ends, rolls back if it raises.
     """
     async with sessionmaker.begin() as session:
-        await session.execute(select(func.set_config("tickler.organization_id", organization_id, True)))
+        await session.execute(_SET_TENANT, {"organization_id": organization_id})
         yield session

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -97,7 +97,19 @@ class Notification(Base):
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-def notification_message(notification: Notification) -> dict[str, Any]:
+class NotificationFields(Protocol):
+    """A notification row: an ORM object or a row a Core statement returned."""
+
+    id: int
+    task_id: uuid.UUID
+    kind: str
+    payload: dict[str, Any]
+    due_at: datetime
+    created_at: datetime
+    read_at: datetime | None
+
+
+def notification_message(notification: NotificationFields) -> dict[str, Any]:
     """A notification as clients see it: in the inbox API, on the stream, and in a replay."""
     return {
         "id": notification.id,

@@ -132,10 +132,19 @@ class TaskState(BaseModel):
         return self.model_copy(update={"done_offsets": passed})
 
 
+# The task workflow's behaviour version, carried in its input so that a running workflow keeps the
+# behaviour it started with (replay) at no cost in its history, and continue-as-new moves it to this one.
+# 1: the timer fires at the reminder's instant, an activity task delivers it.
+# 2: the timer fires DELIVER_AHEAD early, a local activity waits for the instant and delivers it.
+WORKFLOW_VERSION = 2
+
+
 class TaskWorkflowInput(BaseModel):
     state: TaskState
     # True when continued as new: the row already holds this state.
     saved: bool = False
+    # Every starter passes WORKFLOW_VERSION; 1 is what inputs recorded before the field meant.
+    version: int = 1
 
 
 class DeliverReminderInput(BaseModel):
@@ -144,6 +153,15 @@ class DeliverReminderInput(BaseModel):
     dedupe_key: str
     due_at: datetime
     offset_seconds: int = 0
+    # The instant the reminder is for: the activity waits for it on the clock before it writes, so that
+    # the workflow can arm its timer DELIVER_AHEAD early (None: histories from before, no wait).
+    not_before: datetime | None = None
+
+
+# How far ahead of a reminder's instant its timer fires. The wake-up, its workflow task and the start of
+# the local activity fit in this margin, then the activity waits for the exact instant: delivery lands on
+# time, never before (docs/performance.md). It also bounds that wait, whatever a clock says.
+DELIVER_AHEAD = timedelta(milliseconds=250)
 
 
 TaskAction = Literal["edit", "reschedule", "snooze", "complete", "cancel"]
@@ -218,6 +236,10 @@ class NotificationEvent(BaseModel):
     event: str
     id: int | None = None
     data: dict[str, object]
+    # The id of the same user's notification before this one (0: none), read under the per-user lock
+    # that orders their inserts. A stream whose last sent id is that one sends this event as it is;
+    # any other stream reads PostgreSQL for what it lacks (None: the publisher does not know).
+    previous_id: int | None = None
 
 
 # Names of the workflow, its handlers and its activities: each side refers to them by name, so that

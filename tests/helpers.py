@@ -24,7 +24,7 @@ from activities.tasks import TaskActivities
 from core.auth import mint_token
 from core.db import make_sessionmaker, tenant_transaction
 from core.models import Notification, Task
-from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, TaskState, TaskWorkflowInput
+from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, WORKFLOW_VERSION, TaskState, TaskWorkflowInput
 from core.settings import Settings
 from tickler import devstack
 from tickler.worker import build_worker
@@ -237,7 +237,7 @@ async def start_task(temporal: Client, state: TaskState, task_queue: str) -> Wor
     """Start a task's workflow as the API would, and wait until it has saved its row."""
     handle: WorkflowHandle[Any, TaskState] = await temporal.start_workflow(
         TASK_WORKFLOW,
-        TaskWorkflowInput(state=state),
+        TaskWorkflowInput(state=state, version=WORKFLOW_VERSION),
         id=f"task-{state.task_id}",
         task_queue=task_queue,
         result_type=TaskState,

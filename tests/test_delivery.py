@@ -22,7 +22,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker, tenant_transaction
 from core.models import Notification
-from core.payloads import DeliverReminderInput, NotificationEvent
+from core.payloads import DELIVER_AHEAD, DeliverReminderInput, NotificationEvent
 from core.pubsub import make_redis, publish
 from core.settings import Settings
 from tests.helpers import (
@@ -147,6 +147,65 @@ async def test_a_duplicated_delivery_makes_one_row_and_one_event(
             select(func.count()).select_from(Notification).where(Notification.task_id == task.id)
         )
     assert count == 1
+
+
+async def test_each_published_row_names_the_users_row_before_it(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    """The chain that lets streams send a row straight from its message (web/stream/routes.py)."""
+    org = new_org()
+    tasks = [task_row(org=org, user="7"), task_row(org=org, user="7")]
+    async with tenant_transaction(sessionmaker, org) as session:
+        session.add_all(tasks)
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    deliveries = [
+        DeliverReminderInput(task_id=t.id, organization_id=org, dedupe_key=f"{t.id}/1/0", due_at=t.due_at)
+        for t in tasks
+    ]
+    async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+        await pubsub.subscribe(settings.redis_channel)
+        environment = ActivityEnvironment()
+        first = await environment.run(activities.deliver_reminder, deliveries[0])
+        second = await environment.run(activities.deliver_reminder, deliveries[1])
+        again = await environment.run(activities.deliver_reminder, deliveries[0])
+        assert again == first
+        published: list[NotificationEvent] = []
+        async with asyncio.timeout(STREAM_DEADLINE):
+            while len(published) < 3:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    event = NotificationEvent.model_validate_json(message["data"])
+                    if event.organization_id == org:
+                        published.append(event)
+    assert [(e.id, e.previous_id) for e in published] == [(first, 0), (second, first), (first, None)]
+
+
+async def test_a_delivery_waits_for_its_instant_but_no_longer_than_the_margin(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    """The workflow's timer fires DELIVER_AHEAD early; the activity makes up the difference on the clock,
+    and a wrong clock cannot make it hold the workflow task for longer than that."""
+    org = new_org()
+    tasks = [task_row(org=org, user="7"), task_row(org=org, user="7")]
+    async with tenant_transaction(sessionmaker, org) as session:
+        session.add_all(tasks)
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    environment = ActivityEnvironment()
+    instants = [datetime.now(UTC) + DELIVER_AHEAD / 2, datetime.now(UTC) + timedelta(hours=1)]
+    for task, instant in zip(tasks, instants, strict=True):
+        delivery = DeliverReminderInput(
+            task_id=task.id,
+            organization_id=org,
+            dedupe_key=f"{task.id}/1/0",
+            due_at=task.due_at,
+            not_before=instant,
+        )
+        await environment.run(activities.deliver_reminder, delivery)
+    async with tenant_transaction(sessionmaker, org) as session:
+        rows = {n.task_id: n for n in await session.scalars(select(Notification))}
+    on_time, far = rows[tasks[0].id], rows[tasks[1].id]
+    assert on_time.created_at >= instants[0]
+    assert far.created_at < instants[1] - timedelta(minutes=59)
 
 
 async def test_a_delivery_for_a_task_of_another_organization_is_refused_for_good(

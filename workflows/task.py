@@ -21,12 +21,14 @@ with workflow.unsafe.imports_passed_through():
 
     from core.payloads import (
         CHANGE_UPDATE,
+        DELIVER_AHEAD,
         DELIVER_REMINDER,
         NEXT_OCCURRENCE,
         SAVE_TASK,
         STATE_QUERY,
         SYNC_UPDATE,
         TASK_WORKFLOW,
+        WORKFLOW_VERSION,
         DeliverReminderInput,
         NextOccurrenceInput,
         TaskChange,
@@ -84,6 +86,8 @@ class TaskWorkflow:
         self.saved_version = input.state.version if input.saved else 0
         # Set by every change; the main loop's waits wake up on it.
         self.changed = False
+        # What this run does is fixed by the version it started with (core.payloads.WORKFLOW_VERSION).
+        self.version = input.version
 
     @workflow.run
     async def run(self, input: TaskWorkflowInput) -> TaskState:
@@ -92,15 +96,20 @@ class TaskWorkflow:
                 # Checked first, so that a storm of signals cannot postpone it; an update in flight
                 # waits for a save, so it is let finish first. The next run saves what is not saved yet.
                 saved = self.saved_version >= self.state.version
-                workflow.continue_as_new(TaskWorkflowInput(state=self.state, saved=saved))
+                # The next run takes today's behaviour (WORKFLOW_VERSION): this one is left behind.
+                next_input = TaskWorkflowInput(state=self.state, saved=saved, version=WORKFLOW_VERSION)
+                workflow.continue_as_new(next_input)
             if self.saved_version < self.state.version:
                 await self._save()
             elif self.state.status != "open":
                 break
             elif reminders := self.state.pending_reminders():
                 fire_at, offset = reminders[0]
-                if await self._sleep_until(fire_at):
-                    await self._deliver(offset)
+                if self.version < 2:
+                    if await self._sleep_until(fire_at):
+                        await self._deliver_with_activity(offset)
+                elif await self._sleep_until(fire_at - DELIVER_AHEAD):
+                    await self._deliver(fire_at, offset)
             elif self.state.recurrence is not None:
                 if await self._sleep_until(self.state.due_at):
                     await self._advance_to_next_occurrence()
@@ -241,7 +250,8 @@ class TaskWorkflow:
         try:
             await workflow.wait_condition(lambda: self.changed, timeout=delay)
         except TimeoutError:
-            return True
+            # A change that came in the same workflow task as the timer wins: it may have moved the time.
+            return not self.changed
         return False
 
     def _history_is_long(self) -> bool:
@@ -267,18 +277,29 @@ class TaskWorkflow:
             workflow.upsert_search_attributes(updates)
             self.indexed = (status, due_at)
 
-    async def _deliver(self, offset: int) -> None:
+    async def _deliver(self, fire_at: datetime, offset: int) -> None:
+        """Deliver one reminder in the wake-up's own workflow task: a local activity waits on the clock
+        until ``fire_at`` (the timer fired up to DELIVER_AHEAD before it), writes the row, publishes.
+        A change that arrives meanwhile is applied after the delivery (docs/decisions.md §12)."""
+        state = self.state
+        try:
+            await workflow.execute_local_activity(
+                DELIVER_REMINDER,
+                self._delivery(state, offset, fire_at),
+                start_to_close_timeout=DELIVER_TIMEOUT,
+                retry_policy=DELIVER_RETRY,
+            )
+        except ActivityError as exc:
+            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
+        self._delivered(state, offset)
+
+    async def _deliver_with_activity(self, offset: int) -> None:
+        """How version-1 workflows deliver: an activity task, once the timer fired at the instant."""
         state = self.state
         try:
             await workflow.execute_activity(
                 DELIVER_REMINDER,
-                DeliverReminderInput(
-                    task_id=state.task_id,
-                    organization_id=state.organization_id,
-                    dedupe_key=state.dedupe_key(offset),
-                    due_at=state.due_at,
-                    offset_seconds=offset,
-                ),
+                self._delivery(state, offset, None),
                 start_to_close_timeout=DELIVER_TIMEOUT,
                 retry_policy=DELIVER_RETRY,
             )
@@ -286,6 +307,20 @@ class TaskWorkflow:
             # Only non-retryable failures get here (the task's row or organization is gone): nothing
             # will ever deliver this occurrence, so it counts as done rather than retried forever.
             workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
+        self._delivered(state, offset)
+
+    @staticmethod
+    def _delivery(state: TaskState, offset: int, not_before: datetime | None) -> DeliverReminderInput:
+        return DeliverReminderInput(
+            task_id=state.task_id,
+            organization_id=state.organization_id,
+            dedupe_key=state.dedupe_key(offset),
+            due_at=state.due_at,
+            offset_seconds=offset,
+            not_before=not_before,
+        )
+
+    def _delivered(self, state: TaskState, offset: int) -> None:
         if self.state.schedule_revision == state.schedule_revision:
             # No save needed: the notification row is the durable record of the delivery.
             done = (*self.state.done_offsets, offset)

@@ -168,11 +168,54 @@ async def test_another_users_rows_are_never_replayed(
 # -- live --------------------------------------------------------------------------------------------
 
 
-def live(org: str, id: int, title: str, user: str = "7") -> NotificationEvent:
+def live(org: str, id: int, title: str, user: str = "7", previous_id: int | None = None) -> NotificationEvent:
     """What the delivery activity publishes for a committed row."""
     return NotificationEvent(
-        organization_id=org, user_id=user, event="notification", id=id, data={"id": id, "title": title}
+        organization_id=org,
+        user_id=user,
+        event="notification",
+        id=id,
+        data={"id": id, "title": title},
+        previous_id=previous_id,
     )
+
+
+async def test_the_next_row_named_by_its_message_is_sent_without_reading_postgresql(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    org = new_org()
+    async with open_stream(client, bearer(settings, "7", org)) as stream:
+        await stream.read_past_heartbeat()
+        first, second = await insert_notifications(sessionmaker, org, "7", 2)
+        # Each message names the row before it, which is the last the stream sent: it goes out as it is
+        # (its title differs from the row's only to show where the event came from).
+        await publish(redis, settings.redis_channel, live(org, first, "from the message", previous_id=0))
+        await publish(redis, settings.redis_channel, live(org, second, "also", previous_id=first))
+        await stream.read_until(lambda line: line == f"id: {second}")
+        await stream.read_until(lambda line: line == "")
+    assert stream.notification_ids == [first, second]
+    assert [json.loads(e.data)["title"] for e in stream.notifications] == ["from the message", "also"]
+
+
+async def test_a_message_after_one_the_stream_missed_makes_it_read_what_it_lacks(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    org = new_org()
+    async with open_stream(client, bearer(settings, "7", org)) as stream:
+        await stream.read_past_heartbeat()
+        lost, second = await insert_notifications(sessionmaker, org, "7", 2)
+        # The first row's message never came: the second's names a predecessor the stream has not sent.
+        await publish(redis, settings.redis_channel, live(org, second, "from the message", previous_id=lost))
+        await stream.read_until(lambda line: line == f"id: {second}")
+        await stream.read_until(lambda line: line == "")
+    assert stream.notification_ids == [lost, second]
+    assert [json.loads(e.data)["title"] for e in stream.notifications] == ["Call Ana #0", "Call Ana #1"]
 
 
 async def test_a_live_event_already_replayed_is_not_sent_twice(

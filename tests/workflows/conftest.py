@@ -26,6 +26,7 @@ from core.payloads import (
     DELIVER_REMINDER,
     NEXT_OCCURRENCE,
     SAVE_TASK,
+    WORKFLOW_VERSION,
     DeliverReminderInput,
     NextOccurrenceInput,
     TaskState,
@@ -95,7 +96,12 @@ class FakeActivities:
 
     @activity.defn(name=DELIVER_REMINDER)
     async def deliver_reminder(self, input: DeliverReminderInput) -> int:
-        self.deliveries.append(Delivery(input, await self.env.get_current_time()))
+        # As the real one (tests/activities): wait for the instant, on this server's skipped clock.
+        now = await self.env.get_current_time()
+        if input.not_before is not None and now < input.not_before:
+            await self.env.sleep(input.not_before - now)
+            now = await self.env.get_current_time()
+        self.deliveries.append(Delivery(input, now))
         return len(self.deliveries)
 
     def keys(self) -> list[str]:
@@ -109,10 +115,12 @@ class Harness:
     task_queue: str
     started: list[str] = field(default_factory=list)
 
-    async def start(self, state: TaskState) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    async def start(
+        self, state: TaskState, version: int = WORKFLOW_VERSION
+    ) -> WorkflowHandle[TaskWorkflow, TaskState]:
         handle = await self.env.client.start_workflow(
             TaskWorkflow.run,
-            TaskWorkflowInput(state=state),
+            TaskWorkflowInput(state=state, version=version),
             id=f"task-{state.task_id}",
             task_queue=self.task_queue,
         )

@@ -11,7 +11,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
+from core.payloads import CHANGE_UPDATE, DELIVER_AHEAD, SYNC_UPDATE, Recurrence, TaskChange, TaskState
 from tests.helpers import task_state, wait_until
 from tests.workflows.conftest import Harness
 from workflows.task import TaskWorkflow
@@ -44,6 +44,39 @@ async def test_fires_once_at_due_time_and_saves_the_row_first(harness: Harness) 
 
     await harness.env.sleep(timedelta(days=30))
     assert len(harness.fakes.deliveries) == 1
+
+
+async def test_the_timer_fires_ahead_and_the_delivery_waits_for_the_instant(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(hours=3))
+    handle = await harness.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await harness.env.sleep(timedelta(hours=3, seconds=1))
+    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
+    assert delivery.input.not_before == state.due_at
+    history = await handle.fetch_history()
+    [timer] = [
+        e.timer_started_event_attributes
+        for e in history.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+    [delivered] = [e for e in history.events if e.HasField("marker_recorded_event_attributes")][-1:]
+    assert timer.start_to_fire_timeout.ToTimedelta() <= timedelta(hours=3) - DELIVER_AHEAD
+    # A local activity: the wake-up's own workflow task delivers, no activity task.
+    assert delivered.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    assert not [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+
+
+async def test_a_version_1_workflow_still_delivers_with_an_activity_at_the_instant(harness: Harness) -> None:
+    """Workflows started before version 2 keep their behaviour until they continue as new."""
+    state = await new_task(harness, timedelta(hours=3))
+    handle = await harness.start(state, version=1)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await harness.env.sleep(timedelta(hours=3, seconds=1))
+    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
+    assert delivery.at >= state.due_at
+    assert delivery.input.not_before is None
+    history = await handle.fetch_history()
+    assert [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
 
 
 async def test_reschedule_update_moves_the_timer_and_the_row(harness: Harness) -> None:

@@ -35,7 +35,15 @@ from core.auth import Principal
 from core.db import tenant_transaction
 from core.errors import Conflict, NotFound, Unavailable, Unprocessable
 from core.models import Task
-from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, TASK_WORKFLOW, TaskChange, TaskState, TaskWorkflowInput
+from core.payloads import (
+    CHANGE_UPDATE,
+    SYNC_UPDATE,
+    TASK_WORKFLOW,
+    WORKFLOW_VERSION,
+    TaskChange,
+    TaskState,
+    TaskWorkflowInput,
+)
 from core.temporal import ASSIGNEE_ID, DUE_AT, ORGANIZATION_ID, TASK_STATUS, task_workflow_id
 from web.resources import Resources
 from web.tasks.schemas import TaskCreate, TaskQuery
@@ -115,7 +123,7 @@ async def create_task(
     ).skipping_passed_reminders(now)
     start: WithStartWorkflowOperation[Any, TaskState] = WithStartWorkflowOperation(
         TASK_WORKFLOW,
-        TaskWorkflowInput(state=state),
+        TaskWorkflowInput(state=state, version=WORKFLOW_VERSION),
         id=task_workflow_id(state.task_id),
         task_queue=res.settings.temporal_task_queue,
         # A retried or concurrent start attaches to the running workflow; a closed task's id is never
