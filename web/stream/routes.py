@@ -24,7 +24,7 @@ from core.errors import TooManyRequests
 from core.models import Notification, notification_message
 from web.auth import authenticated, principal
 from web.resources import Resources, resources
-from web.stream.hub import Control, StreamItem
+from web.stream.hub import Control
 from web.stream.sse import HEARTBEAT, format_event, format_retry
 
 blueprint = Blueprint("stream", __name__)
@@ -80,7 +80,6 @@ def _notification_event(row: Notification) -> bytes:
 
 async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncIterator[bytes]:
     settings = res.settings
-    getter: asyncio.Task[StreamItem] | None = None
     # Subscribed before the first query, so that what commits meanwhile wakes the stream up.
     sub = res.hub.subscribe(who.organization_id, who.user_id)
     try:
@@ -95,20 +94,19 @@ async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncI
                     last_id = row.id
                     yield _notification_event(row)
                 catch_up = False
-            if getter is None:
-                getter = asyncio.ensure_future(sub.queue.get())
             left = (who.expires_at - datetime.now(UTC)).total_seconds()
             if left <= 0:
                 # The token behind this stream has expired: end it; the client must sign in again.
                 yield format_event("{}", event="session.expired")
                 return
-            done, _ = await asyncio.wait({getter}, timeout=min(settings.sse_heartbeat_seconds, left))
-            if not done:
+            try:
+                # No task per stream: the stream's own coroutine waits on its queue (memory per stream).
+                async with asyncio.timeout(min(settings.sse_heartbeat_seconds, left)):
+                    item = await sub.queue.get()
+            except TimeoutError:
                 if left > settings.sse_heartbeat_seconds:
                     yield HEARTBEAT
                 continue
-            item = getter.result()
-            getter = None
             if item is Control.CLOSE:
                 return
             if item is Control.RESYNC:
@@ -124,8 +122,6 @@ async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncI
                 catch_up = item.id > last_id
     finally:
         # Runs on a client disconnect too (CancelledError at the await above, re-raised after this).
-        if getter is not None:
-            getter.cancel()
         res.hub.unsubscribe(sub)
 
 
