@@ -107,9 +107,9 @@ class TaskWorkflow:
                 fire_at, offset = reminders[0]
                 if self.version < 2:
                     if await self._sleep_until(fire_at):
-                        await self._deliver_with_activity(offset)
+                        await self._deliver(offset, None)
                 elif await self._sleep_until(fire_at - DELIVER_AHEAD):
-                    await self._deliver(fire_at, offset)
+                    await self._deliver(offset, fire_at)
             elif self.state.recurrence is not None:
                 if await self._sleep_until(self.state.due_at):
                     await self._advance_to_next_occurrence()
@@ -277,50 +277,39 @@ class TaskWorkflow:
             workflow.upsert_search_attributes(updates)
             self.indexed = (status, due_at)
 
-    async def _deliver(self, fire_at: datetime, offset: int) -> None:
-        """Deliver one reminder in the wake-up's own workflow task: a local activity waits on the clock
-        until ``fire_at`` (the timer fired up to DELIVER_AHEAD before it), writes the row, publishes.
-        A change that arrives meanwhile is applied after the delivery (docs/decisions.md §12)."""
+    async def _deliver(self, offset: int, fire_at: datetime | None) -> None:
+        """Deliver one reminder. Version 2 passes ``fire_at``: a local activity in the wake-up's own
+        workflow task waits on the clock until then (the timer fired up to DELIVER_AHEAD before it),
+        writes the row and publishes; a change that arrives meanwhile applies after it (decisions §12).
+        Version 1 passes None: an activity task, once the timer fired at the instant."""
         state = self.state
-        try:
-            await workflow.execute_local_activity(
-                DELIVER_REMINDER,
-                self._delivery(state, offset, fire_at),
-                start_to_close_timeout=DELIVER_TIMEOUT,
-                retry_policy=DELIVER_RETRY,
-            )
-        except ActivityError as exc:
-            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
-        self._delivered(state, offset)
-
-    async def _deliver_with_activity(self, offset: int) -> None:
-        """How version-1 workflows deliver: an activity task, once the timer fired at the instant."""
-        state = self.state
-        try:
-            await workflow.execute_activity(
-                DELIVER_REMINDER,
-                self._delivery(state, offset, None),
-                start_to_close_timeout=DELIVER_TIMEOUT,
-                retry_policy=DELIVER_RETRY,
-            )
-        except ActivityError as exc:
-            # Only non-retryable failures get here (the task's row or organization is gone): nothing
-            # will ever deliver this occurrence, so it counts as done rather than retried forever.
-            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
-        self._delivered(state, offset)
-
-    @staticmethod
-    def _delivery(state: TaskState, offset: int, not_before: datetime | None) -> DeliverReminderInput:
-        return DeliverReminderInput(
+        delivery = DeliverReminderInput(
             task_id=state.task_id,
             organization_id=state.organization_id,
             dedupe_key=state.dedupe_key(offset),
             due_at=state.due_at,
             offset_seconds=offset,
-            not_before=not_before,
+            not_before=fire_at,
         )
-
-    def _delivered(self, state: TaskState, offset: int) -> None:
+        try:
+            if fire_at is not None:
+                await workflow.execute_local_activity(
+                    DELIVER_REMINDER,
+                    delivery,
+                    start_to_close_timeout=DELIVER_TIMEOUT,
+                    retry_policy=DELIVER_RETRY,
+                )
+            else:
+                await workflow.execute_activity(
+                    DELIVER_REMINDER,
+                    delivery,
+                    start_to_close_timeout=DELIVER_TIMEOUT,
+                    retry_policy=DELIVER_RETRY,
+                )
+        except ActivityError as exc:
+            # Only non-retryable failures get here (the task's row or organization is gone): nothing
+            # will ever deliver this occurrence, so it counts as done rather than retried forever.
+            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
         if self.state.schedule_revision == state.schedule_revision:
             # No save needed: the notification row is the durable record of the delivery.
             done = (*self.state.done_offsets, offset)
