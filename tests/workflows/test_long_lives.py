@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,13 +30,17 @@ async def test_twenty_thousand_reschedules_continue_as_new_and_lose_nothing(
     state = task_state(due_in=timedelta(days=300))
     handle = await start_task(temporal, state, settings.temporal_task_queue)
     base = state.due_at
-    # A few senders at once: a storm of hundreds per second would keep every continue-as-new from
-    # completing (each one is refused while new signals arrive) until the server's cap of 10,000
-    # signals per run refuses signals (docs/decisions.md).
-    # Four at once passed alone but failed once in the full suite (the cap was reached): with the
-    # worker busy elsewhere, each refused continue-as-new evicts and replays the run, during which more
-    # signals arrive. Two at once keeps the storm below what one run can absorb on a loaded machine.
-    batch = 2
+    # A few senders at once, in waves that the workflow absorbs before the next: an unpaced storm of
+    # hundreds per second keeps every continue-as-new from completing (each is refused while new signals
+    # arrive, and each refusal evicts and replays the run) until the server's cap of 10,000 signals per
+    # run refuses signals (docs/decisions.md §10). Unpaced, this test failed about one full suite in two.
+    batch, wave = 4, 400
+    latest = temporal.get_workflow_handle(handle.id)
+
+    async def applied(count: int) -> bool:
+        current = await latest.query(STATE_QUERY, result_type=TaskState)
+        return current.version >= state.version + count
+
     for first in range(1, RESCHEDULES + 1, batch):
         # Concurrent within a batch, so only the count and the last one are checked; the last of
         # each batch is sent alone, after the others, so that the final due time is known.
@@ -47,6 +52,8 @@ async def test_twenty_thousand_reschedules_continue_as_new_and_lose_nothing(
         )
         last = first + batch - 1
         await handle.signal("reschedule", {"due_at": (base + timedelta(minutes=last)).isoformat()})
+        if last % wave == 0:
+            await wait_until(partial(applied, last), within=60, what=f"{last} reschedules applied")
     final_due = base + timedelta(minutes=RESCHEDULES)
 
     async def row_due() -> datetime | None:
@@ -57,7 +64,6 @@ async def test_twenty_thousand_reschedules_continue_as_new_and_lose_nothing(
     await wait_until(lambda: _equal(row_due(), final_due), within=120, what="the last reschedule in the row")
     first_run = temporal.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
     assert (await first_run.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
-    latest = temporal.get_workflow_handle(handle.id)
     current = await latest.query(STATE_QUERY, result_type=TaskState)
     assert current.version == state.version + RESCHEDULES, "every signal applied exactly once"
     assert current.due_at == final_due
