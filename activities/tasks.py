@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from core import recurrence
 from core.db import tenant_transaction
+from core.gcwatch import Deliveries
 from core.models import Notification, Task, notification_message
 from core.payloads import (
     DELIVER_AHEAD,
@@ -89,10 +90,18 @@ _EXISTING_NOTIFICATION = select(notifications).where(notifications.c.dedupe_key 
 
 
 class TaskActivities:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis, channel: str) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        redis: Redis,
+        channel: str,
+        deliveries: Deliveries | None = None,
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.redis = redis
         self.channel = channel
+        # Deliveries in hand, for the worker's garbage collector (core/gcwatch.py).
+        self.deliveries = deliveries or Deliveries()
 
     @activity.defn(name=SAVE_TASK)
     async def save_task(self, state: TaskState) -> None:
@@ -128,6 +137,10 @@ class TaskActivities:
 
         Waits for ``input.not_before`` first (at most DELIVER_AHEAD, whatever the clocks say): the
         workflow's timer fires that much early so that this write lands on the instant, never before."""
+        with self.deliveries.delivering():
+            return await self._deliver(input)
+
+    async def _deliver(self, input: DeliverReminderInput) -> int | None:
         if input.not_before is not None:
             await _wait_for(input.not_before, DELIVER_AHEAD)
         async with tenant_transaction(self.sessionmaker, input.organization_id) as session:

@@ -7,6 +7,9 @@ returns) and the CPU per create of the Temporal server and of this process (work
   update-with-start   what POST /v1/tasks does: start, then wait until the workflow has saved the row
   start               start only; the workflow saves the row in its first workflow task
   start, saved        start only, with the row marked saved: no save at all (a floor, not a design)
+  start, eager        start only, asking the server to hand the first workflow task straight back to
+                      this process's worker (eager workflow start): no matching, no poll
+  start, saved, eager both
 """
 
 from __future__ import annotations
@@ -68,19 +71,33 @@ def _ways(client: Client, queue: str) -> dict[str, Callable[[], Awaitable[object
             SYNC_UPDATE, start_workflow_operation=start, result_type=TaskState
         )
 
-    def start(saved: bool) -> Callable[[], Awaitable[object]]:
+    def start(saved: bool, eager: bool = False) -> Callable[[], Awaitable[object]]:
         async def go() -> object:
             state = _state()
-            return await client.start_workflow(
+            handle = await client.start_workflow(
                 TASK_WORKFLOW,
                 TaskWorkflowInput(state=state, saved=saved, version=WORKFLOW_VERSION),
                 id=f"task-{state.task_id}",
                 task_queue=queue,
+                request_eager_start=eager,
             )
+            if eager and not getattr(handle, "__temporal_eagerly_started", False):
+                not_eager.append(handle.id)
+            return handle
 
         return go
 
-    return {"update-with-start": update_with_start, "start": start(False), "start, saved": start(True)}
+    return {
+        "update-with-start": update_with_start,
+        "start": start(False),
+        "start, saved": start(True),
+        "start, eager": start(False, eager=True),
+        "start, saved, eager": start(True, eager=True),
+    }
+
+
+# Eager starts the server declined (no free slot in the worker, or eager start disabled).
+not_eager: list[str] = []
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -121,6 +138,7 @@ async def measure(count: int) -> None:
                         async with slots:
                             await way()
 
+                    not_eager.clear()
                     cpu_temporal, cpu_this, began = _cpu(temporal), _cpu(this), time.perf_counter()
                     await asyncio.gather(*(one() for _ in range(count)))
                     seconds = time.perf_counter() - began
@@ -128,7 +146,8 @@ async def measure(count: int) -> None:
                     print(
                         f"{name:18} {count / seconds:6.1f} creates/s   CPU per create: Temporal "
                         f"{1000 * (_cpu(temporal) - cpu_temporal) / count:5.2f} ms, worker and client "
-                        f"{1000 * (_cpu(this) - cpu_this) / count:5.2f} ms",
+                        f"{1000 * (_cpu(this) - cpu_this) / count:5.2f} ms"
+                        + (f" ({len(not_eager)} not eager)" if "eager" in name else ""),
                         flush=True,
                     )
         finally:

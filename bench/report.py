@@ -104,6 +104,10 @@ SPREAD: list[Figure] = [
     ("latency max (ms)", ("latency_ms", "max"), True),
     ("early arrivals", ("early",), True),
     ("missing", ("missing",), True),
+    ("worker: garbage-collection pauses >= 10 ms", ("gc_pauses", "worker", "count"), True),
+    ("worker: longest pause (ms)", ("gc_pauses", "worker", "max_ms"), True),
+    ("web: garbage-collection pauses >= 10 ms", ("gc_pauses", "web", "count"), True),
+    ("web: longest pause (ms)", ("gc_pauses", "web", "max_ms"), True),
 ]
 BURST: list[Figure] = [
     ("latency p50 (ms)", ("latency_ms", "p50"), True),
@@ -114,12 +118,20 @@ BURST: list[Figure] = [
     ("early arrivals", ("early",), True),
     ("missing", ("missing",), True),
     ("CPU per notification, all processes (ms)", ("cpu_ms_per_notification", "total"), True),
+    ("worker: garbage-collection pauses >= 10 ms", ("gc_pauses", "worker", "count"), True),
+    ("worker: longest pause (ms)", ("gc_pauses", "worker", "max_ms"), True),
+    ("web: garbage-collection pauses >= 10 ms", ("gc_pauses", "web", "count"), True),
+    ("web: longest pause (ms)", ("gc_pauses", "web", "max_ms"), True),
 ]
 CREATE: list[Figure] = [
     ("tasks per second", ("tasks_per_second",), False),
     ("latency p50 (ms)", ("latency_ms", "p50"), True),
     ("latency p99 (ms)", ("latency_ms", "p99"), True),
     ("CPU per task, all processes (ms)", ("cpu_ms_per_task", "total"), True),
+    ("worker: garbage-collection pauses >= 10 ms", ("gc_pauses", "worker", "count"), True),
+    ("worker: longest pause (ms)", ("gc_pauses", "worker", "max_ms"), True),
+    ("web: garbage-collection pauses >= 10 ms", ("gc_pauses", "web", "count"), True),
+    ("web: longest pause (ms)", ("gc_pauses", "web", "max_ms"), True),
 ]
 
 

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -105,9 +106,12 @@ async def stop_system(stack: Stack, app: App, system: str) -> None:
         await _redis_hz(stack, 10)
 
 
-async def guarded(what: str, call: Awaitable[dict[str, Any]], notes: list[str]) -> dict[str, Any] | None:
+async def guarded(
+    what: str, call: Awaitable[dict[str, Any]], notes: list[str], app: App | None = None
+) -> dict[str, Any] | None:
     log(f"  {what} ...")
     began = time.monotonic()
+    offsets = _log_offsets(app) if app else {}
     try:
         async with asyncio.timeout(SCENARIO_TIMEOUT):
             result = await call
@@ -115,8 +119,39 @@ async def guarded(what: str, call: Awaitable[dict[str, Any]], notes: list[str]) 
         notes.append(f"{what} failed: {exc!r}")
         log(f"  {what} FAILED: {exc!r}")
         return None
+    if app and app.system.startswith("tickler"):
+        result["gc_pauses"] = _gc_pauses(app, offsets)
     log(f"  {what} done in {time.monotonic() - began:.0f} s: {_headline(result)}")
     return result
+
+
+# What core/gcwatch.py logs for a pause of TICKLER_GC_PAUSE_WARNING_MS or more (bench/stack.py sets 10).
+GC_PAUSE = re.compile(r"garbage collection of generation (\d) stopped the process for ([\d.]+) ms")
+
+
+def _log_offsets(app: App) -> dict[str, int]:
+    return {
+        role: proc.log_path.stat().st_size
+        for role, proc in app.processes.items()
+        if proc.log_path and proc.log_path.exists()
+    }
+
+
+def _gc_pauses(app: App, offsets: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Each process's logged collection pauses while the scenario ran: count, longest, total (ms)."""
+    found: dict[str, dict[str, float]] = {}
+    for role, proc in app.processes.items():
+        if not proc.log_path or not proc.log_path.exists():
+            continue
+        with proc.log_path.open("rb") as logged:
+            logged.seek(offsets.get(role, 0))
+            pauses = [float(ms) for _, ms in GC_PAUSE.findall(logged.read().decode(errors="replace"))]
+        found[role] = {
+            "count": len(pauses),
+            "max_ms": round(max(pauses, default=0.0), 1),
+            "total_ms": round(sum(pauses), 1),
+        }
+    return found
 
 
 def _headline(result: dict[str, Any]) -> str:
@@ -163,14 +198,16 @@ async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]
                 await warm_up(ctx)
                 found = runs.setdefault(system, {})
                 if "create" in chosen:
-                    result = await guarded(f"{system} create", scenarios.create(ctx), notes)
+                    result = await guarded(f"{system} create", scenarios.create(ctx), notes, app)
                     found.setdefault("create", []).append(result)
                 if "spread" in chosen:
-                    result = await guarded(f"{system} spread", scenarios.spread_latency(ctx), notes)
+                    result = await guarded(f"{system} spread", scenarios.spread_latency(ctx), notes, app)
                     found.setdefault("spread", []).append(result)
                 if "burst" in chosen:
                     for count in scale.bursts:
-                        result = await guarded(f"{system} burst {count}", scenarios.burst(ctx, count), notes)
+                        result = await guarded(
+                            f"{system} burst {count}", scenarios.burst(ctx, count), notes, app
+                        )
                         found.setdefault(f"burst{count}", []).append(result)
             finally:
                 await stop_system(stack, app, system)
@@ -187,9 +224,9 @@ async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]
             ctx = scenarios.Context(stack, app, scale, run_id, args.history_limit, notes=notes)
             await warm_up(ctx)
             if "idle" in only:
-                report["tickler_only"]["idle"] = await guarded("idle", scenarios.idle(ctx), notes)
+                report["tickler_only"]["idle"] = await guarded("idle", scenarios.idle(ctx), notes, app)
             if "fanout" in only:
-                report["tickler_only"]["fanout"] = await guarded("fanout", scenarios.fanout(ctx), notes)
+                report["tickler_only"]["fanout"] = await guarded("fanout", scenarios.fanout(ctx), notes, app)
         finally:
             await stop_system(stack, app, system)
 

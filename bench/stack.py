@@ -108,6 +108,8 @@ class Stack:
             {
                 "TICKLER_ENV": "dev",
                 "TICKLER_LOG_LEVEL": "WARNING",
+                # Collections long enough to show in a p99 are logged; the report counts them.
+                "TICKLER_GC_PAUSE_WARNING_MS": "10",
                 "TICKLER_DATA_DIR": str(self.data_dir),
                 "TICKLER_DATABASE_URL": self.database_url,
                 "TICKLER_REDIS_URL": self.redis_url,

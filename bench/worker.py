@@ -7,13 +7,16 @@ It runs the product's workflow and activities (workflows.task.TaskWorkflow, acti
 Knobs: wf_pollers, act_pollers (maximum pollers), ratio (nonsticky_to_sticky_poll_ratio), sandbox (0 =
 UnsandboxedWorkflowRunner, 2 = the sandbox passing every module through), cache (max_cached_workflows),
 wf_slots, act_slots, la_slots (max concurrent workflow tasks, activities, local activities), eager (0
-disables eager activity execution), uvloop.
+disables eager activity execution), uvloop, freeze (0: leave the start-up heap in garbage collection,
+which the product freezes), gapgc (0: CPython's full collections instead of the product's, between
+deliveries), gc0 / gc1 / gc2 (gc.set_threshold).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -23,12 +26,15 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
+from core.gcwatch import Deliveries, GapCollector, PauseWatch, freeze_startup_heap
 from core.pubsub import make_redis
 from core.settings import get_settings
 from core.temporal import connect
 from workflows.task import TaskWorkflow
 
 log = logging.getLogger("bench.worker")
+
+PRODUCT = "wf_pollers=20,act_pollers=5,ratio=1,sandbox=0,cache=10000,uvloop=1"
 
 # Named sets of knobs, as the report refers to them. A knob left out takes the SDK's default, not the
 # product's (tickler/worker.py): "sdk" is the worker before the product tuned it.
@@ -40,8 +46,13 @@ VARIANTS = {
     "tuned": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=0,cache=20000",
     "sandboxed": "wf_pollers=20,act_pollers=20,ratio=1,cache=20000",
     "passthrough": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=2,cache=20000",
-    # The product's defaults with a smaller cache: shorter full garbage collections in the worker.
-    "cache1000": "wf_pollers=20,act_pollers=5,ratio=1,sandbox=0,cache=1000",
+    # The product's defaults (tickler/worker.py, core/settings.py), and with one knob changed.
+    "product": PRODUCT,
+    "nofreeze": PRODUCT + ",freeze=0",
+    "cpythongc": PRODUCT + ",gapgc=0",
+    # A smaller cache: shorter full garbage collections in the worker, more replays.
+    "cache1000": PRODUCT.replace("cache=10000", "cache=1000"),
+    "cache2000": PRODUCT.replace("cache=10000", "cache=2000"),
     "tuned-uvloop": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=0,cache=20000,uvloop=1",
 }
 
@@ -88,7 +99,8 @@ async def run(knobs: dict[str, float]) -> None:
     redis = make_redis(settings)
     try:
         client = await connect(settings)
-        activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel)
+        deliveries = Deliveries()
+        activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel, deliveries)
         worker = Worker(
             client,
             task_queue=settings.temporal_task_queue,
@@ -100,9 +112,20 @@ async def run(knobs: dict[str, float]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if any(f"gc{g}" in knobs for g in range(3)):
+            now = gc.get_threshold()
+            gc.set_threshold(*(int(knobs.get(f"gc{g}", now[g])) for g in range(3)))
+        watch = PauseWatch(settings.gc_pause_warning_ms / 1000)
         async with worker:
-            log.warning("bench worker polling %r with %s", settings.temporal_task_queue, knobs)
+            frozen = freeze_startup_heap() if knobs.get("freeze", 1) else 0
+            log.warning(
+                "bench worker polling %r with %s (%d frozen)", settings.temporal_task_queue, knobs, frozen
+            )
+            watch.install()
+            collector = asyncio.create_task(GapCollector(deliveries).run()) if knobs.get("gapgc", 1) else None
             await stop.wait()
+            if collector:
+                collector.cancel()
     finally:
         await redis.aclose()
         await engine.dispose()

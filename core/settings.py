@@ -83,7 +83,22 @@ class Settings(BaseSettings):
             "sandboxed whatever this says, so a non-deterministic call fails there first."
         ),
     )
+    worker_gc_between_deliveries: bool = Field(
+        True,
+        description=(
+            "The worker runs its full garbage collections itself, when no reminder is being delivered, "
+            "instead of whenever CPython would."
+        ),
+    )
     uvloop: bool = Field(True, description="Run the worker and web processes on uvloop where it exists.")
+    gc_pause_warning_ms: float = Field(
+        100,
+        ge=0,
+        description=(
+            "Log a warning when a garbage collection stops the worker or web process this long "
+            "(0: never); the worker also exports every pause as `tickler_gc_pause`."
+        ),
+    )
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from core.gcwatch import PauseRecorder
 from core.settings import Settings
 
 # Registered by `tickler run` on the dev server and by docker-compose's temporal-setup.
@@ -39,33 +41,35 @@ async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     )
 
 
+# Seconds: milliseconds matter, minutes mean trouble.
+LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60]
+
+
 def metrics_runtime(bind_address: str) -> Runtime:
-    """A Temporal runtime exporting the SDK's metrics and ours (rejected signals, reminder lateness)
-    for Prometheus at http://<bind_address>/metrics."""
+    """A Temporal runtime exporting the SDK's metrics and ours (rejected signals, reminder lateness,
+    garbage-collection pauses) for Prometheus at http://<bind_address>/metrics."""
     return Runtime(
         telemetry=TelemetryConfig(
             metrics=PrometheusConfig(
                 bind_address=bind_address,
                 durations_as_seconds=True,
-                # Lateness of a reminder: milliseconds matter, minutes mean trouble.
                 histogram_bucket_overrides={
-                    "tickler_reminder_lateness": [
-                        0.001,
-                        0.0025,
-                        0.005,
-                        0.01,
-                        0.025,
-                        0.05,
-                        0.1,
-                        0.25,
-                        0.5,
-                        1,
-                        2.5,
-                        5,
-                        10,
-                        60,
-                    ]
+                    "tickler_reminder_lateness": LATENCY_BUCKETS,
+                    "tickler_gc_pause": LATENCY_BUCKETS,
                 },
             )
         )
     )
+
+
+def gc_pause_histogram(runtime: Runtime) -> PauseRecorder:
+    """Records each garbage collection's pause in ``tickler_gc_pause``, by generation."""
+    histogram = runtime.metric_meter.create_histogram_timedelta(
+        "tickler_gc_pause", "Time a garbage collection stopped the worker", "s"
+    )
+    by_generation = [histogram.with_additional_attributes({"generation": str(g)}) for g in range(3)]
+
+    def record(generation: int, seconds: float) -> None:
+        by_generation[generation].record(timedelta(seconds=seconds))
+
+    return record

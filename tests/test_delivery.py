@@ -17,10 +17,12 @@ from redis.asyncio import Redis
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker, tenant_transaction
+from core.gcwatch import Deliveries
 from core.models import Notification
 from core.payloads import DELIVER_AHEAD, DeliverReminderInput, NotificationEvent
 from core.pubsub import make_redis, publish
@@ -208,11 +210,35 @@ async def test_a_delivery_waits_for_its_instant_but_no_longer_than_the_margin(
     assert far.created_at < instants[1] - timedelta(minutes=59)
 
 
+async def test_a_delivery_is_in_hand_from_its_wait_to_its_publish(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    """What the worker's garbage collector waits on (core/gcwatch.py): no full collection in between."""
+    task = task_row(org=new_org(), user="7")
+    async with tenant_transaction(sessionmaker, task.organization_id) as session:
+        session.add(task)
+    deliveries = Deliveries()
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel, deliveries)
+    delivery = DeliverReminderInput(
+        task_id=task.id,
+        organization_id=task.organization_id,
+        dedupe_key=f"{task.id}/1/0",
+        due_at=task.due_at,
+        not_before=datetime.now(UTC) + DELIVER_AHEAD,
+    )
+    running = asyncio.create_task(ActivityEnvironment().run(activities.deliver_reminder, delivery))
+    await wait_until(lambda: not deliveries.none.is_set(), what="the delivery in hand while it waits")
+    assert await running is not None
+    assert deliveries.none.is_set()
+    wrong = delivery.model_copy(update={"organization_id": new_org(), "not_before": None})
+    with pytest.raises(ApplicationError):
+        await ActivityEnvironment().run(activities.deliver_reminder, wrong)
+    assert deliveries.none.is_set()  # a failed delivery is not in hand either
+
+
 async def test_a_delivery_for_a_task_of_another_organization_is_refused_for_good(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
-    from temporalio.exceptions import ApplicationError
-
     task = task_row(org=new_org(), user="7")
     async with tenant_transaction(sessionmaker, task.organization_id) as session:
         session.add(task)

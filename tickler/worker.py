@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -12,9 +13,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
+from core.gcwatch import Deliveries, GapCollector, PauseWatch, freeze_startup_heap
 from core.pubsub import make_redis
 from core.settings import Settings
-from core.temporal import connect, metrics_runtime
+from core.temporal import connect, gc_pause_histogram, metrics_runtime
 from workflows.task import TaskWorkflow
 
 log = logging.getLogger(__name__)
@@ -48,17 +50,35 @@ async def run_worker(settings: Settings) -> None:
         if settings.worker_metrics_port:
             runtime = metrics_runtime(f"127.0.0.1:{settings.worker_metrics_port}")
         client = await connect(settings, runtime)
-        activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel)
+        deliveries = Deliveries()
+        activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel, deliveries)
         worker = build_worker(client, settings, activities)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        watch = PauseWatch(
+            settings.gc_pause_warning_ms / 1000, gc_pause_histogram(runtime) if runtime else None
+        )
         async with worker:
             log.info(
-                "worker polling task queue %r at %s", settings.temporal_task_queue, settings.temporal_address
+                "worker polling task queue %r at %s (%d start-up objects frozen out of garbage collection)",
+                settings.temporal_task_queue,
+                settings.temporal_address,
+                freeze_startup_heap(),
             )
-            await stop.wait()
+            watch.install()
+            collector = None
+            if settings.worker_gc_between_deliveries:
+                collector = asyncio.create_task(GapCollector(deliveries).run(), name="full collections")
+            try:
+                await stop.wait()
+            finally:
+                if collector:
+                    collector.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await collector
+                watch.uninstall()
             log.info("worker stopping")
     finally:
         await redis.aclose()

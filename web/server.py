@@ -10,9 +10,12 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
+from core.gcwatch import PauseWatch, freeze_startup_heap
 from core.settings import Settings
 from web.app import create_app
 from web.resources import EXTENSION_KEY, Resources
+
+log = logging.getLogger(__name__)
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -43,4 +46,11 @@ async def serve_web(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve_until(create_app(settings), hypercorn_config(settings), stop)
+    app = create_app(settings)
+    log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
+    watch = PauseWatch(settings.gc_pause_warning_ms / 1000)
+    watch.install()
+    try:
+        await serve_until(app, hypercorn_config(settings), stop)
+    finally:
+        watch.uninstall()

@@ -1,0 +1,134 @@
+"""Garbage-collection pauses are timed and the start-up heap is frozen out of later collections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from core.gcwatch import Deliveries, GapCollector, PauseWatch, freeze_startup_heap
+from tests.helpers import wait_until
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def unfreeze() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+def test_every_collection_is_timed_and_long_ones_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    pauses: list[tuple[int, float]] = []
+    watch = PauseWatch(
+        warn_after_seconds=1e-9, record=lambda generation, seconds: pauses.append((generation, seconds))
+    )
+    watch.install()
+    watch.install()  # twice is once
+    try:
+        Cycle()
+        with caplog.at_level(logging.WARNING, logger="core.gcwatch"):
+            gc.collect()
+    finally:
+        watch.uninstall()
+    full = [seconds for generation, seconds in pauses if generation == 2]
+    assert len(full) == 1  # the same watch installed twice still records once
+    assert full[0] > 0
+    assert "garbage collection of generation 2 stopped the process for" in caplog.text
+    assert watch not in gc.callbacks
+    recorded = len(pauses)
+    gc.collect()
+    assert len(pauses) == recorded  # uninstalled: no more records
+
+
+def test_short_collections_are_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    watch = PauseWatch(warn_after_seconds=60)
+    watch.install()
+    try:
+        with caplog.at_level(logging.WARNING, logger="core.gcwatch"):
+            gc.collect()
+    finally:
+        watch.uninstall()
+    assert "garbage collection" not in caplog.text
+
+
+def test_freezing_takes_the_start_up_heap_out_of_collections(unfreeze: None) -> None:
+    tracked = len(gc.get_objects())
+    frozen = freeze_startup_heap()
+    assert frozen == gc.get_freeze_count() >= tracked // 2
+    assert len(gc.get_objects()) < tracked - frozen // 2  # a full collection no longer walks them
+
+
+def garbage_in_the_oldest_generation() -> weakref.ref[Cycle]:
+    """A cycle that only a full collection frees: promoted while alive, then dropped."""
+    cycle = Cycle()
+    gc.collect(1)
+    gc.collect(1)
+    ref = weakref.ref(cycle)
+    del cycle
+    gc.collect(1)
+    assert ref() is not None
+    return ref
+
+
+async def test_full_collections_wait_until_no_reminder_is_in_hand() -> None:
+    heap = [100_000]  # allocated blocks, as the collector reads them
+    deliveries = Deliveries()
+    collector = GapCollector(deliveries, check_seconds=0.01, blocks=lambda: heap[0])
+    automatic = gc.get_threshold()
+    running = asyncio.create_task(collector.run())
+    try:
+        await wait_until(lambda: collector.checks, what="the collector's first look")
+        assert gc.get_threshold() == (automatic[0], automatic[1], GapCollector.NEVER)
+
+        with deliveries.delivering():
+            garbage = garbage_in_the_oldest_generation()
+            heap[0] = 130_000  # grown by 30 %: a full collection is due
+            seen = collector.checks
+            await wait_until(lambda: collector.checks >= seen + 5, what="five more looks")
+            assert collector.collections == 0  # not while a reminder is in hand
+            assert garbage() is not None
+        await wait_until(lambda: collector.collections, what="a collection once the delivery is over")
+        assert garbage() is None
+        assert collector.forced == 0
+
+        with deliveries.delivering():
+            heap[0] = 270_000  # more than doubled since: collect even while delivering
+            await wait_until(lambda: collector.forced, what="a forced collection")
+        assert collector.collections == 2
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert gc.get_threshold() == automatic
+
+
+async def test_a_modest_growth_is_left_alone() -> None:
+    heap = [100_000]
+    collector = GapCollector(Deliveries(), check_seconds=0.01, blocks=lambda: heap[0])
+    running = asyncio.create_task(collector.run())
+    try:
+        heap[0] = 120_000
+        await wait_until(lambda: collector.checks >= 5, what="five looks")
+        assert collector.collections == 0
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+def test_deliveries_count_nested_and_failed_ones() -> None:
+    deliveries = Deliveries()
+    with deliveries.delivering():
+        with contextlib.suppress(RuntimeError), deliveries.delivering():
+            raise RuntimeError("a delivery failed")
+        assert not deliveries.none.is_set()
+    assert deliveries.none.is_set()
