@@ -229,13 +229,21 @@ class Stack:
 
 
 def process_tree_cpu(pid: int, *, tree: bool) -> float:
-    """CPU seconds (user + system) of a process, and of its children when ``tree``; 0 if it is gone."""
+    """CPU seconds (user + system) of a process, and of its children when ``tree``; 0 if it is gone.
+
+    A tree counts its children that have exited too (the root's reaped-children times): without them a
+    PostgreSQL backend that ended during a scenario took its whole lifetime's CPU out of the sum, and
+    PostgreSQL's share came out negative."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)] if tree else [root]
     except psutil.NoSuchProcess:
         return 0.0
     total = 0.0
+    if tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            reaped = root.cpu_times()
+            total += reaped.children_user + reaped.children_system
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             times = proc.cpu_times()
