@@ -43,6 +43,7 @@ def test_every_collection_is_timed_and_long_ones_are_logged(caplog: pytest.LogCa
     assert len(full) == 1  # the same watch installed twice still records once
     assert full[0] > 0
     assert "garbage collection of generation 2 stopped the process for" in caplog.text
+    assert "ms of CPU" in caplog.text  # its own work, told from time spent waiting for a core
     assert watch not in gc.callbacks
     recorded = len(pauses)
     gc.collect()
