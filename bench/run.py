@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import redis.asyncio as aioredis
 import uvloop
 
@@ -115,11 +116,12 @@ async def stop_system(stack: Stack, app: App, system: str) -> None:
 
 
 async def guarded(
-    what: str, call: Awaitable[dict[str, Any]], notes: list[str], app: App | None = None
+    what: str, call: Awaitable[dict[str, Any]], notes: list[str], ctx: scenarios.Context | None = None
 ) -> dict[str, Any] | None:
     log(f"  {what} ...")
     began = time.monotonic()
-    offsets = _log_offsets(app) if app else {}
+    offsets = _log_offsets(ctx.app) if ctx else {}
+    sessions = await _postgres_sessions(ctx.stack) if ctx else 0
     try:
         async with asyncio.timeout(SCENARIO_TIMEOUT):
             result = await call
@@ -127,8 +129,11 @@ async def guarded(
         notes.append(f"{what} failed: {exc!r}")
         log(f"  {what} FAILED: {exc!r}")
         return None
-    if app and app.system.startswith("tickler"):
-        result["gc_pauses"] = _gc_pauses(app, offsets)
+    if ctx:
+        # Each one is a backend forked, authenticated and ended: a pool too small churns them.
+        result["postgres_connections_opened"] = await _postgres_sessions(ctx.stack) - sessions - 1
+        if ctx.app.system.startswith("tickler"):
+            result["gc_pauses"] = _gc_pauses(ctx.app, offsets)
     log(f"  {what} done in {time.monotonic() - began:.0f} s: {_headline(result)}")
     return result
 
@@ -137,6 +142,15 @@ async def guarded(
 GC_PAUSE = re.compile(
     r"garbage collection of generation (\d) stopped the process for ([\d.]+) ms(?: \(([\d.]+) ms of CPU)?"
 )
+
+
+async def _postgres_sessions(stack: Stack) -> int:
+    """Sessions ever established to the database (pg_stat_database, PostgreSQL 14+), this one included."""
+    pg = await asyncpg.connect(stack.superuser_dsn)
+    try:
+        return int(await pg.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = 'tickler'"))
+    finally:
+        await pg.close()
 
 
 def _log_offsets(app: App) -> dict[str, int]:
@@ -213,15 +227,15 @@ async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]
                 await warm_up(ctx)
                 found = runs.setdefault(system, {})
                 if "create" in chosen:
-                    result = await guarded(f"{system} create", scenarios.create(ctx), notes, app)
+                    result = await guarded(f"{system} create", scenarios.create(ctx), notes, ctx)
                     found.setdefault("create", []).append(result)
                 if "spread" in chosen:
-                    result = await guarded(f"{system} spread", scenarios.spread_latency(ctx), notes, app)
+                    result = await guarded(f"{system} spread", scenarios.spread_latency(ctx), notes, ctx)
                     found.setdefault("spread", []).append(result)
                 if "burst" in chosen:
                     for count in scale.bursts:
                         result = await guarded(
-                            f"{system} burst {count}", scenarios.burst(ctx, count), notes, app
+                            f"{system} burst {count}", scenarios.burst(ctx, count), notes, ctx
                         )
                         found.setdefault(f"burst{count}", []).append(result)
             finally:
@@ -239,9 +253,9 @@ async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]
             ctx = scenarios.Context(stack, app, scale, run_id, args.history_limit, notes=notes)
             await warm_up(ctx)
             if "idle" in only:
-                report["tickler_only"]["idle"] = await guarded("idle", scenarios.idle(ctx), notes, app)
+                report["tickler_only"]["idle"] = await guarded("idle", scenarios.idle(ctx), notes, ctx)
             if "fanout" in only:
-                report["tickler_only"]["fanout"] = await guarded("fanout", scenarios.fanout(ctx), notes, app)
+                report["tickler_only"]["fanout"] = await guarded("fanout", scenarios.fanout(ctx), notes, ctx)
         finally:
             await stop_system(stack, app, system)
 

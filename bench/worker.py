@@ -9,7 +9,7 @@ UnsandboxedWorkflowRunner, 2 = the sandbox passing every module through), cache 
 wf_slots, act_slots, la_slots (max concurrent workflow tasks, activities, local activities), eager (0
 disables eager activity execution), uvloop, freeze (0: leave the start-up heap in garbage collection,
 which the product freezes), gapgc (0: CPython's full collections instead of the product's, between
-deliveries), gc0 / gc1 / gc2 (gc.set_threshold).
+deliveries), gc0 / gc1 / gc2 (gc.set_threshold), pool (database connections kept per process).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ VARIANTS = {
     # A smaller cache: shorter full garbage collections in the worker, more replays.
     "cache1000": PRODUCT.replace("cache=10000", "cache=1000"),
     "cache2000": PRODUCT.replace("cache=10000", "cache=2000"),
+    "pool30": PRODUCT + ",pool=30",
     "tuned-uvloop": "wf_pollers=20,act_pollers=20,ratio=1,sandbox=0,cache=20000,uvloop=1",
 }
 
@@ -95,6 +96,8 @@ def worker_options(knobs: dict[str, float]) -> dict[str, Any]:
 
 async def run(knobs: dict[str, float]) -> None:
     settings = get_settings()
+    if "pool" in knobs:
+        settings = settings.model_copy(update={"database_pool_size": int(knobs["pool"])})
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
     try:
