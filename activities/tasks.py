@@ -1,8 +1,8 @@
 """Activities of the task workflow: persist its state, deliver its reminders.
 
 Both may run more than once (retries, a worker that dies after the write): every write is idempotent.
-They run for every create, change and reminder, so their statements are built once, at import
-(docs/performance.md): a call only binds values.
+They run for every create, change and reminder, so their statements are built once, at import, and a
+delivery is one round trip (docs/performance.md): a call only binds values.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
-from sqlalchemy import Table, bindparam, func, literal_column, select
+from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core import recurrence
 from core.db import tenant_transaction
 from core.gcwatch import Deliveries
-from core.models import Notification, Task, notification_message
+from core.models import Task, notification_message
 from core.payloads import (
     DELIVER_AHEAD,
     DELIVER_REMINDER,
@@ -34,7 +34,6 @@ from core.payloads import (
 from core.pubsub import publish
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
-notifications: Table = Notification.__table__  # type: ignore[assignment]
 
 # The row, unless the stored version is newer (a late retry of an older save changes nothing).
 _UPSERT_TASK = (stmt := insert(tasks)).on_conflict_do_update(
@@ -47,46 +46,12 @@ _UPSERT_TASK = (stmt := insert(tasks)).on_conflict_do_update(
     where=tasks.c.version < stmt.excluded.version,
 )
 
-# The task, by id AND organization, and the lock of its assignee's notifications in the same round
-# trip: one user's notification ids then commit in id order (identity ids are drawn at insert, not at
-# commit), so that streams sending "every row after the last id sent" never skip one that commits late.
-_TASK_AND_LOCK = select(
-    tasks.c.assignee_id,
-    tasks.c.title,
-    tasks.c.status,
-    func.pg_advisory_xact_lock(
-        func.hashtextextended(tasks.c.organization_id + "/" + tasks.c.assignee_id, 0)
-    ).label("locked"),
-).where(tasks.c.id == bindparam("task_id"), tasks.c.organization_id == bindparam("organization_id"))
-
-# The occurrence's one row, with the id of the user's row before it. This statement starts after the
-# lock is held, so its snapshot has every earlier row of the user: that predecessor is final (the
-# streams' shortcut, web/stream/routes.py).
-_earlier = notifications.alias("earlier")
-_predecessor = (
-    select(func.coalesce(func.max(_earlier.c.id), 0))
-    .where(
-        _earlier.c.organization_id == bindparam("organization_id"),
-        _earlier.c.user_id == bindparam("user_id"),
-        # The inserted row (RETURNING's table; naming it as a column would add it to the FROM).
-        _earlier.c.id < literal_column("notifications.id"),
-    )
-    .scalar_subquery()
+# A reminder's whole write, in one round trip outside an explicit transaction: the organization, the
+# task by id AND organization, the lock of its assignee's notifications, the occurrence's one row and
+# the id of the user's row before it (migrations/versions/2026_11_28_deliver_function.py says how).
+_DELIVER = text(
+    "SELECT * FROM deliver_notification(:task_id, :organization_id, :dedupe_key, :offset_seconds, :due_at)"
 )
-_INSERT_NOTIFICATION = (
-    insert(notifications)
-    .values(
-        organization_id=bindparam("organization_id"),
-        user_id=bindparam("user_id"),
-        task_id=bindparam("task_id"),
-        dedupe_key=bindparam("dedupe_key"),
-        payload=bindparam("payload"),
-        due_at=bindparam("due_at"),
-    )
-    .on_conflict_do_nothing(index_elements=[notifications.c.dedupe_key])
-    .returning(*notifications.c, _predecessor.label("previous_id"))
-)
-_EXISTING_NOTIFICATION = select(notifications).where(notifications.c.dedupe_key == bindparam("dedupe_key"))
 
 
 class TaskActivities:
@@ -98,6 +63,9 @@ class TaskActivities:
         deliveries: Deliveries | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        # Deliveries call one function and need no transaction of their own (no BEGIN, no COMMIT).
+        engine: AsyncEngine = sessionmaker.kw["bind"]
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.redis = redis
         self.channel = channel
         # Deliveries in hand, for the worker's garbage collector (core/gcwatch.py).
@@ -143,48 +111,32 @@ class TaskActivities:
     async def _deliver(self, input: DeliverReminderInput) -> int | None:
         if input.not_before is not None:
             await _wait_for(input.not_before, DELIVER_AHEAD)
-        async with tenant_transaction(self.sessionmaker, input.organization_id) as session:
-            connection = await session.connection()
-            task = (
-                await connection.execute(
-                    _TASK_AND_LOCK, {"task_id": input.task_id, "organization_id": input.organization_id}
-                )
-            ).first()
-            if task is None:
-                raise ApplicationError(
-                    f"task {input.task_id} of organization {input.organization_id} does not exist",
-                    type="TaskNotFound",
-                    non_retryable=True,
-                )
-            if task.status != "open":
-                return None
+        async with self.autocommit.connect() as connection:
             row = (
                 await connection.execute(
-                    _INSERT_NOTIFICATION,
+                    _DELIVER,
                     {
-                        "organization_id": input.organization_id,
-                        "user_id": task.assignee_id,
                         "task_id": input.task_id,
+                        "organization_id": input.organization_id,
                         "dedupe_key": input.dedupe_key,
-                        "payload": {"title": task.title, "offset_seconds": input.offset_seconds},
+                        "offset_seconds": input.offset_seconds,
                         "due_at": input.due_at,
                     },
                 )
             ).first()
-            previous_id: int | None = None
-            if row is not None:
-                previous_id = row.previous_id
-            else:
-                # A retry or a duplicated execution: the row exists; publish it again (streams drop
-                # duplicates by id), without a predecessor, which only the first delivery knew for sure.
-                row = (
-                    await connection.execute(_EXISTING_NOTIFICATION, {"dedupe_key": input.dedupe_key})
-                ).first()
-                if row is None:  # the conflicting row vanished: its task was deleted meanwhile
-                    raise ApplicationError(
-                        f"task {input.task_id} was deleted during delivery", non_retryable=True
-                    )
-        if previous_id is not None:
+        if row is None:  # the row of a retried delivery vanished: its task was deleted meanwhile
+            raise ApplicationError(f"task {input.task_id} was deleted during delivery", non_retryable=True)
+        if row.outcome == "missing":
+            raise ApplicationError(
+                f"task {input.task_id} of organization {input.organization_id} does not exist",
+                type="TaskNotFound",
+                non_retryable=True,
+            )
+        if row.outcome == "closed":
+            return None
+        # A retry or a duplicated execution finds the row 'existing' and publishes it again (streams drop
+        # duplicates by id), without a predecessor, which only the first delivery knew for sure.
+        if row.outcome == "new":
             _record_lateness(input)
         await publish(
             self.redis,
@@ -195,7 +147,7 @@ class TaskActivities:
                 event="notification",
                 id=row.id,
                 data=notification_message(row),
-                previous_id=previous_id,
+                previous_id=row.previous_id,
             ),
         )
         notification_id: int = row.id

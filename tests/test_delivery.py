@@ -236,6 +236,24 @@ async def test_a_delivery_is_in_hand_from_its_wait_to_its_publish(
     assert deliveries.none.is_set()  # a failed delivery is not in hand either
 
 
+async def test_a_closed_task_gets_no_notification(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    """Completed or cancelled before its reminder: the delivery writes nothing and says so (None)."""
+    org = new_org()
+    done, cancelled = task_row(org=org, status="done"), task_row(org=org, status="cancelled")
+    async with tenant_transaction(sessionmaker, org) as session:
+        session.add_all([done, cancelled])
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    for task in (done, cancelled):
+        delivery = DeliverReminderInput(
+            task_id=task.id, organization_id=org, dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+        )
+        assert await ActivityEnvironment().run(activities.deliver_reminder, delivery) is None
+    async with tenant_transaction(sessionmaker, org) as session:
+        assert await session.scalar(select(func.count()).select_from(Notification)) == 0
+
+
 async def test_a_delivery_for_a_task_of_another_organization_is_refused_for_good(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
@@ -249,6 +267,7 @@ async def test_a_delivery_for_a_task_of_another_organization_is_refused_for_good
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(activities.deliver_reminder, wrong)
     assert refused.value.non_retryable
+    assert refused.value.type == "TaskNotFound"
 
 
 # -- a stack of its own: its own Redis, web app and worker ------------------------------------------
