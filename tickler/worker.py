@@ -71,6 +71,7 @@ async def run_worker(settings: Settings) -> None:
             collector = None
             if settings.worker_gc_between_deliveries:
                 collector = asyncio.create_task(GapCollector(deliveries).run(), name="full collections")
+                log.info("full garbage collections run between deliveries (decisions 15)")
             try:
                 await stop.wait()
             finally:

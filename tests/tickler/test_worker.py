@@ -68,5 +68,6 @@ async def test_the_worker_exports_lateness_rejected_signals_and_collections(
     assert 'tickler_gc_pause_count{generation="0"' in text
     logged = log.read_text()
     assert "start-up objects frozen out of garbage collection" in logged
+    assert "full garbage collections run between deliveries" in logged
     assert "garbage collection of generation 0 stopped the process for" in logged
     await handle.terminate("test over")
