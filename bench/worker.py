@@ -9,7 +9,8 @@ UnsandboxedWorkflowRunner, 2 = the sandbox passing every module through), cache 
 wf_slots, act_slots, la_slots (max concurrent workflow tasks, activities, local activities), eager (0
 disables eager activity execution), uvloop, freeze (0: leave the start-up heap in garbage collection,
 which the product freezes), gapgc (0: CPython's full collections instead of the product's, between
-deliveries), gc0 / gc1 / gc2 (gc.set_threshold), pool (database connections kept per process).
+deliveries), gc0 / gc1 / gc2 (gc.set_threshold; gc2 only counts with gapgc=0), pool (database
+connections kept per process).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
-from core.gcwatch import Deliveries, GapCollector, PauseWatch, freeze_startup_heap
+from core.gcwatch import Deliveries, collection_schedule
 from core.pubsub import make_redis
 from core.settings import get_settings
 from core.temporal import connect
@@ -118,17 +119,16 @@ async def run(knobs: dict[str, float]) -> None:
         if any(f"gc{g}" in knobs for g in range(3)):
             now = gc.get_threshold()
             gc.set_threshold(*(int(knobs.get(f"gc{g}", now[g])) for g in range(3)))
-        watch = PauseWatch(settings.gc_pause_warning_ms / 1000)
-        async with worker:
-            frozen = freeze_startup_heap() if knobs.get("freeze", 1) else 0
+        schedule = collection_schedule(
+            warn_after_seconds=settings.gc_pause_warning_ms / 1000,
+            between=deliveries if knobs.get("gapgc", 1) else None,
+            freeze=bool(knobs.get("freeze", 1)),
+        )
+        async with worker, schedule as frozen:
             log.warning(
                 "bench worker polling %r with %s (%d frozen)", settings.temporal_task_queue, knobs, frozen
             )
-            watch.install()
-            collector = asyncio.create_task(GapCollector(deliveries).run()) if knobs.get("gapgc", 1) else None
             await stop.wait()
-            if collector:
-                collector.cancel()
     finally:
         await redis.aclose()
         await engine.dispose()

@@ -12,6 +12,8 @@ arrives that much later (docs/performance.md, "Garbage collection"). Three thing
   collection that starts when none is in hand and ends within that margin delays no reminder.
 - ``PauseWatch`` times every collection, feeds an optional histogram and logs the long ones, so that an
   operator (and the bench) can tell a collection from a slow database.
+
+``collection_schedule`` puts them together for a process that has started.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -161,3 +163,30 @@ class GapCollector:
         gc.collect()
         self.collections += 1
         self._baseline = max(self.blocks(), 1)
+
+
+@contextlib.asynccontextmanager
+async def collection_schedule(
+    *,
+    warn_after_seconds: float,
+    record: PauseRecorder | None = None,
+    between: Deliveries | None = None,
+    freeze: bool = True,
+) -> AsyncIterator[int]:
+    """For a process that has started: freeze its start-up heap, time every collection, and with
+    ``between`` run the full collections between its deliveries. Yields how many objects were frozen;
+    on exit the collector stops (CPython's schedule back) and the watch is removed."""
+    frozen = freeze_startup_heap() if freeze else 0
+    watch = PauseWatch(warn_after_seconds, record)
+    watch.install()
+    collector = None
+    if between is not None:
+        collector = asyncio.create_task(GapCollector(between).run(), name="full collections")
+    try:
+        yield frozen
+    finally:
+        if collector is not None:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+        watch.uninstall()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -13,7 +12,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
-from core.gcwatch import Deliveries, GapCollector, PauseWatch, freeze_startup_heap
+from core.gcwatch import Deliveries, collection_schedule
 from core.pubsub import make_redis
 from core.settings import Settings
 from core.temporal import connect, gc_pause_histogram, metrics_runtime
@@ -57,29 +56,21 @@ async def run_worker(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        watch = PauseWatch(
-            settings.gc_pause_warning_ms / 1000, gc_pause_histogram(runtime) if runtime else None
+        schedule = collection_schedule(
+            warn_after_seconds=settings.gc_pause_warning_ms / 1000,
+            record=gc_pause_histogram(runtime) if runtime else None,
+            between=deliveries if settings.worker_gc_between_deliveries else None,
         )
-        async with worker:
+        async with worker, schedule as frozen:
             log.info(
                 "worker polling task queue %r at %s (%d start-up objects frozen out of garbage collection)",
                 settings.temporal_task_queue,
                 settings.temporal_address,
-                freeze_startup_heap(),
+                frozen,
             )
-            watch.install()
-            collector = None
             if settings.worker_gc_between_deliveries:
-                collector = asyncio.create_task(GapCollector(deliveries).run(), name="full collections")
                 log.info("full garbage collections run between deliveries (decisions 15)")
-            try:
-                await stop.wait()
-            finally:
-                if collector:
-                    collector.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await collector
-                watch.uninstall()
+            await stop.wait()
             log.info("worker stopping")
     finally:
         await redis.aclose()

@@ -10,7 +10,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Quart
 
-from core.gcwatch import PauseWatch, freeze_startup_heap
+from core.gcwatch import collection_schedule
 from core.settings import Settings
 from web.app import create_app
 from web.resources import EXTENSION_KEY, Resources
@@ -47,10 +47,7 @@ async def serve_web(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
-    log.info("%d start-up objects frozen out of garbage collection", freeze_startup_heap())
-    watch = PauseWatch(settings.gc_pause_warning_ms / 1000)
-    watch.install()
-    try:
+    # The web process keeps CPython's schedule for full collections: it cannot know when a message comes.
+    async with collection_schedule(warn_after_seconds=settings.gc_pause_warning_ms / 1000) as frozen:
+        log.info("%d start-up objects frozen out of garbage collection", frozen)
         await serve_until(app, hypercorn_config(settings), stop)
-    finally:
-        watch.uninstall()

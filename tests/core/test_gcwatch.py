@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.gcwatch import Deliveries, GapCollector, PauseWatch, freeze_startup_heap
+from core.gcwatch import Deliveries, GapCollector, PauseWatch, collection_schedule, freeze_startup_heap
 from tests.helpers import wait_until
 
 
@@ -133,3 +133,20 @@ def test_deliveries_count_nested_and_failed_ones() -> None:
             raise RuntimeError("a delivery failed")
         assert not deliveries.none.is_set()
     assert deliveries.none.is_set()
+
+
+async def test_a_process_schedule_is_undone_on_exit(unfreeze: None) -> None:
+    """What the worker (with deliveries) and the web process (without) wrap their serving in."""
+    automatic, callbacks = gc.get_threshold(), list(gc.callbacks)
+    async with collection_schedule(warn_after_seconds=60, between=Deliveries()) as frozen:
+        assert frozen > 0
+        assert gc.get_freeze_count() > 0
+        assert len(gc.callbacks) == len(callbacks) + 1
+        await wait_until(
+            lambda: gc.get_threshold()[2] == GapCollector.NEVER, what="CPython's full collections off"
+        )
+    assert gc.get_threshold() == automatic
+    assert gc.callbacks == callbacks
+    async with collection_schedule(warn_after_seconds=60, freeze=False) as frozen:
+        assert frozen == 0
+        assert gc.get_threshold() == automatic  # no deliveries: CPython's schedule
