@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core import recurrence
 from core.db import tenant_transaction
 from core.gcwatch import Deliveries
 from core.models import Task, notification_message
@@ -25,6 +24,7 @@ from core.payloads import (
     DELIVER_AHEAD,
     DELIVER_REMINDER,
     NEXT_OCCURRENCE,
+    RECURRENCE_UNUSABLE,
     SAVE_TASK,
     DeliverReminderInput,
     NextOccurrenceInput,
@@ -32,6 +32,7 @@ from core.payloads import (
     TaskState,
 )
 from core.pubsub import publish
+from core.recurrence import RuleRunner, RuleUnusable
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
 
@@ -61,6 +62,8 @@ class TaskActivities:
         redis: Redis,
         channel: str,
         deliveries: Deliveries | None = None,
+        *,
+        rules: RuleRunner | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         # Deliveries call one function and need no transaction of their own (no BEGIN, no COMMIT).
@@ -68,6 +71,8 @@ class TaskActivities:
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.redis = redis
         self.channel = channel
+        # Recurrence rules are user data: they run in child processes, killed at their time budget.
+        self.rules = rules
         # Deliveries in hand, for the worker's garbage collector (core/gcwatch.py).
         self.deliveries = deliveries or Deliveries()
 
@@ -86,6 +91,7 @@ class TaskActivities:
             "reminder_offsets": list(state.reminder_offsets),
             "recurrence": state.recurrence.model_dump(exclude_none=True) if state.recurrence else None,
             "timezone": state.timezone,
+            "recurrence_stopped": state.recurrence_stopped,
             "request_hash": state.request_hash,
             "version": state.version,
             "created_at": state.created_at,
@@ -97,7 +103,14 @@ class TaskActivities:
 
     @activity.defn(name=NEXT_OCCURRENCE)
     async def next_occurrence(self, input: NextOccurrenceInput) -> datetime | None:
-        return recurrence.next_occurrence(input.recurrence, input.timezone, input.after)
+        """The series' next due time (None: it is over). A rule that cannot be used fails for good, with
+        the reason for its user; a busy evaluator is retried (the workflow's NEXT_RETRY)."""
+        if self.rules is None:
+            raise RuntimeError("this worker was built without a RuleRunner (tickler/worker.py builds one)")
+        try:
+            return await self.rules.next_occurrence(input.recurrence, input.timezone, input.after)
+        except RuleUnusable as exc:
+            raise ApplicationError(str(exc), type=RECURRENCE_UNUSABLE, non_retryable=True) from None
 
     @activity.defn(name=DELIVER_REMINDER)
     async def deliver_reminder(self, input: DeliverReminderInput) -> int | None:

@@ -29,6 +29,7 @@ from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
 from core.gcwatch import Deliveries, collection_schedule
 from core.pubsub import make_redis
+from core.recurrence import RuleRunner
 from core.settings import get_settings
 from core.temporal import connect
 from workflows.task import TaskWorkflow
@@ -101,10 +102,13 @@ async def run(knobs: dict[str, float]) -> None:
         settings = settings.model_copy(update={"database_pool_size": int(knobs["pool"])})
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
+    rules = RuleRunner()
     try:
         client = await connect(settings)
         deliveries = Deliveries()
-        activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel, deliveries)
+        activities = TaskActivities(
+            make_sessionmaker(engine), redis, settings.redis_channel, deliveries, rules=rules
+        )
         worker = Worker(
             client,
             task_queue=settings.temporal_task_queue,
@@ -130,6 +134,7 @@ async def run(knobs: dict[str, float]) -> None:
             )
             await stop.wait()
     finally:
+        rules.close()
         await redis.aclose()
         await engine.dispose()
 

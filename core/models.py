@@ -59,6 +59,8 @@ class Task(Base):
     reminder_offsets: Mapped[list[int]] = mapped_column(ARRAY(Integer), server_default="{0}")
     recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     timezone: Mapped[str] = mapped_column(Text, server_default="UTC")
+    # Why the series stopped, when its rule could not be used (core/recurrence.py).
+    recurrence_stopped: Mapped[str | None] = mapped_column(Text)
     # Set when created with an Idempotency-Key: a hash of the request, to tell a retry from another body.
     request_hash: Mapped[str | None] = mapped_column(Text)
     # The workflow's state version; a write with an older version is ignored (out-of-order retries).

@@ -6,16 +6,22 @@ New fields only with defaults: recorded histories must still deserialize.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from importlib import resources
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
-# Imported here, not where used: the workflow sandbox warns about (and may refuse) late imports.
+# Imported here, not where used: the workflow sandbox refuses late imports, and rrulestr imports the
+# parser (UNTIL) and tz (TZID) modules on first use.
+import dateutil.parser
+import dateutil.tz  # noqa: F401
 from dateutil.rrule import rrulestr
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
@@ -25,16 +31,55 @@ from pydantic import (
 TaskStatus = Literal["open", "done", "cancelled"]
 
 
+def exactly_one_of(*groups: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
+    """JSON schema of a model that takes one group of its fields, all of them not null, with the first
+    field of every other group absent or null (their other fields are ignored)."""
+
+    def state(schema: dict[str, Any]) -> None:
+        properties = schema["properties"]
+
+        def given(name: str) -> Any:
+            field = properties[name]
+            return next((s for s in field.get("anyOf", [field]) if s.get("type") != "null"), field)
+
+        schema["oneOf"] = [
+            {
+                "required": list(group),
+                "properties": {
+                    **{other[0]: {"type": "null"} for other in groups if other is not group},
+                    **{name: given(name) for name in group},
+                },
+            }
+            for group in groups
+        ]
+
+    return state
+
+
+def _json_integer(value: object) -> object:
+    # JSON has one number type, so 5.0 is an integer; true and "5" are not (pydantic's lax mode takes them).
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+# Makes an int field take integers as JSON Schema's `integer` means them. After the field's bounds in its
+# Annotated: before them, pydantic cannot write the bounds into the JSON schema.
+JSON_INTEGER = BeforeValidator(_json_integer)
+
+
 class Recurrence(BaseModel):
     """Remind again after each occurrence: an RFC 5545 RRULE, or every N days or weeks.
 
     Evaluated in the task's IANA time zone, so "every Tuesday 10:00" stays 10:00 across DST changes.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_extra=exactly_one_of(("rrule",), ("every", "unit"))
+    )
 
     rrule: str | None = Field(None, max_length=500, description='e.g. "FREQ=WEEKLY;BYDAY=TU"')
-    every: int | None = Field(None, ge=1, le=366)
+    every: Annotated[int, Field(ge=1, le=366), JSON_INTEGER] | None = None
     unit: Literal["days", "weeks"] | None = None
 
     @model_validator(mode="after")
@@ -43,9 +88,19 @@ class Recurrence(BaseModel):
             raise ValueError("give either `rrule` or `every` with `unit`")
         if self.every is not None and self.unit is None:
             raise ValueError("`every` needs a `unit` (days or weeks)")
-        if self.rrule is not None:
-            check_rrule(self.rrule)
         return self
+
+
+def _rule_syntax(recurrence: Recurrence) -> Recurrence:
+    if recurrence.rrule is not None:
+        check_rrule(recurrence.rrule)
+    return recurrence
+
+
+# A rule a caller sends (REST, signal, update): its syntax is checked, and its use judged by running it
+# (core/recurrence.py). A stored state keeps the plain Recurrence, so that a state saved under older,
+# looser checks still loads: a workflow whose input no longer decodes fails every workflow task.
+NewRecurrence = Annotated[Recurrence, AfterValidator(_rule_syntax)]
 
 
 def storable_text(value: str) -> str:
@@ -61,20 +116,50 @@ def storable_text(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(storable_text)]
 
-ALLOWED_FREQUENCIES = {"DAILY", "WEEKLY", "MONTHLY", "YEARLY"}
-
 
 def check_rrule(rule: str) -> None:
-    """Refuse a rule at the API rather than when its occurrence comes. due_at is its DTSTART."""
-    parts = dict(part.partition("=")[::2] for part in rule.removeprefix("RRULE:").upper().split(";") if part)
-    if "DTSTART" in parts or "\n" in rule:
+    """The rule's syntax, in workflow code too (a signal's rule): parsing is linear in its 500 characters.
+    Whether the rule is usable is judged by running it, off the event loop (core/recurrence.py)."""
+    body = rule.removeprefix("RRULE:")
+    if "DTSTART" in body.upper() or "\n" in rule or "\r" in rule:
         raise ValueError("give the RRULE body only, e.g. FREQ=WEEKLY;BYDAY=TU (due_at is its start)")
-    if parts.get("FREQ") not in ALLOWED_FREQUENCIES:
-        raise ValueError(f"FREQ must be one of {', '.join(sorted(ALLOWED_FREQUENCIES))}")
+    if "FREQ=" not in body.upper():
+        raise ValueError("the rule needs a FREQ, e.g. FREQ=WEEKLY;BYDAY=TU")
     try:
-        rrulestr(rule.removeprefix("RRULE:"), dtstart=datetime(2000, 1, 1, tzinfo=UTC))
-    except (ValueError, TypeError) as exc:
+        rrulestr(body, dtstart=datetime(2000, 1, 1, tzinfo=UTC))
+    except Exception as exc:  # user data: OverflowError for a huge UNTIL, whatever else dateutil raises
         raise ValueError(f"not a valid RRULE: {exc}") from exc
+
+
+# Every time a caller sends (REST, signal or update) lies in [EARLIEST, LATEST): checked wherever it is
+# parsed, workflow code included, so that no arithmetic on it can overflow. A new due time must also lie
+# within MAX_PAST before and MAX_FUTURE after now, checked with the clock of whoever applies it
+# (the web process, or workflow.now() in the workflow): check_due_window.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_PAST = timedelta(days=366)
+MAX_FUTURE = timedelta(days=3660)
+
+
+def bounded_instant(value: datetime) -> datetime:
+    if value.utcoffset() is None:
+        raise ValueError("must have an offset (a naive time names no instant)")
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValueError("must be between 2000-01-01 and 2100-01-01 (UTC)")
+    return value
+
+
+def check_due_window(due: datetime, now: datetime) -> None:
+    if not now - MAX_PAST <= due <= now + MAX_FUTURE:
+        raise ValueError("must be within one year in the past and ten years in the future")
+
+
+# An aware time within [EARLIEST, LATEST).
+Instant = Annotated[AwareDatetime, AfterValidator(bounded_instant)]
 
 
 class TaskState(BaseModel):
@@ -94,6 +179,8 @@ class TaskState(BaseModel):
     reminder_offsets: tuple[int, ...] = (0,)
     recurrence: Recurrence | None = None
     timezone: str = "UTC"
+    # Why the series stopped, when its rule could not be used (core/recurrence.py); cleared by a new rule.
+    recurrence_stopped: str | None = None
     # Bumped by every change; the row keeps the highest version it saw.
     version: int = 1
     # Bumped whenever due_at moves (a reschedule, the next occurrence): each arming is its own occurrence.
@@ -179,15 +266,15 @@ class TaskChange(BaseModel):
     action: TaskAction
     title: Text | None = Field(None, min_length=1, max_length=200)
     notes: Text | None = Field(None, max_length=10_000, description='"" clears the notes.')
-    due_at: AwareDatetime | None = None
-    until: AwareDatetime | None = Field(None, description="snooze: the new due time")
+    due_at: Instant | None = None
+    until: Instant | None = Field(None, description="snooze: the new due time")
     minutes: int | None = Field(None, ge=1, le=366 * 24 * 60, description="snooze: minutes from now")
     reminder_offsets: tuple[int, ...] | None = None
-    recurrence: Recurrence | None = None
+    recurrence: NewRecurrence | None = None
     clear_recurrence: bool = False
     timezone: str | None = None
     # Optional on signals: when given, it must be the task's organization.
-    organization_id: str | None = None
+    organization_id: str | None = Field(None, max_length=64)
     # Optional: a change with an id seen recently is applied once.
     request_id: str | None = Field(None, max_length=100)
 
@@ -214,11 +301,21 @@ def normalize_offsets(offsets: tuple[int, ...] | list[int]) -> tuple[int, ...]:
     return tuple(sorted(set(offsets), reverse=True))
 
 
+# The zones a task may name: tzdata's list (a dependency), the same on every machine. Resolving a name
+# against the file system instead answers IsADirectoryError for "America" and OSError for a long name.
+TIMEZONES = frozenset(resources.files("tzdata").joinpath("zones").read_text().split())
+MAX_TIMEZONE_LENGTH = max(map(len, TIMEZONES))
+
+
 def check_timezone(name: str) -> str:
+    if len(name) > MAX_TIMEZONE_LENGTH or name not in TIMEZONES:
+        raise ValueError(
+            f"unknown IANA time zone {name[:MAX_TIMEZONE_LENGTH]!r}: use a name like Europe/Berlin"
+        )
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+        ZoneInfo(name).utcoffset(EARLIEST)  # judged by using it
+    except Exception as exc:
+        raise ValueError(f"time zone {name!r} cannot be loaded") from exc
     return name
 
 
@@ -252,3 +349,5 @@ SIGNALS: tuple[TaskAction, ...] = ("reschedule", "snooze", "complete", "cancel")
 SAVE_TASK = "save_task"
 DELIVER_REMINDER = "deliver_reminder"
 NEXT_OCCURRENCE = "next_occurrence"
+# The type of the non-retryable failure of NEXT_OCCURRENCE whose rule cannot be used: the series stops.
+RECURRENCE_UNUSABLE = "RecurrenceUnusable"

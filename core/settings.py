@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         0, ge=0, description="Port of the worker's Prometheus /metrics on 127.0.0.1 (0: no endpoint)."
     )
+    worker_health_host: str = Field("127.0.0.1", description="Address the worker's /healthz binds.")
+    worker_health_port: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Port of the worker's /healthz, answered from a thread of its own: 503 while the event loop is "
+            "blocked for TICKLER_EVENT_LOOP_BLOCK_SECONDS or more, else 200 (0: no endpoint)."
+        ),
+    )
     # Worker tuning: what each default gave is in docs/performance.md.
     worker_workflow_pollers: int = Field(
         20, ge=2, description="Most concurrent polls for workflow tasks (wake-ups, creates, changes)."
@@ -97,6 +106,14 @@ class Settings(BaseSettings):
         description=(
             "Log a warning when a garbage collection stops the worker or web process this long "
             "(0: never); the worker also exports every pause as `tickler_gc_pause`."
+        ),
+    )
+    event_loop_block_seconds: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "An event loop of the worker or web process that runs nothing for this long is logged with "
+            "the stack where it is stuck and counted (the worker's `tickler_event_loop_blocks`)."
         ),
     )
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")

@@ -47,7 +47,7 @@ LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 def metrics_runtime(bind_address: str) -> Runtime:
     """A Temporal runtime exporting the SDK's metrics and ours (rejected signals, reminder lateness,
-    garbage-collection pauses) for Prometheus at http://<bind_address>/metrics."""
+    garbage-collection pauses, event-loop blocks) for Prometheus at http://<bind_address>/metrics."""
     return Runtime(
         telemetry=TelemetryConfig(
             metrics=PrometheusConfig(
@@ -56,6 +56,7 @@ def metrics_runtime(bind_address: str) -> Runtime:
                 histogram_bucket_overrides={
                     "tickler_reminder_lateness": LATENCY_BUCKETS,
                     "tickler_gc_pause": LATENCY_BUCKETS,
+                    "tickler_event_loop_block": LATENCY_BUCKETS,
                 },
             )
         )
@@ -73,3 +74,24 @@ def gc_pause_histogram(runtime: Runtime) -> PauseRecorder:
         by_generation[generation].record(timedelta(seconds=seconds))
 
     return record
+
+
+class EventLoopBlockMetrics:
+    """The worker's ``core.watchdog.BlockRecorder``: each block of its event loop is counted in
+    ``tickler_event_loop_blocks`` as soon as it passes the threshold (so a loop stuck for good is counted
+    too), and its length goes to ``tickler_event_loop_block`` once it ends."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        meter = runtime.metric_meter
+        self.counter = meter.create_counter(
+            "tickler_event_loop_blocks", "Blocks of the worker's event loop past the threshold"
+        )
+        self.histogram = meter.create_histogram_timedelta(
+            "tickler_event_loop_block", "How long each block of the worker's event loop lasted", "s"
+        )
+
+    def blocked(self) -> None:
+        self.counter.add(1)
+
+    def ended(self, seconds: float) -> None:
+        self.histogram.record(timedelta(seconds=seconds))

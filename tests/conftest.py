@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
+from core.recurrence import RuleRunner
 from core.settings import Settings
 from core.temporal import connect
 from tests.helpers import STREAM_DEADLINE, serve_app
@@ -114,10 +115,22 @@ async def temporal(settings: Settings) -> Client:
 
 
 @pytest.fixture(scope="session")
+def rules() -> Iterator[RuleRunner]:
+    """The children that run recurrence rules, as the worker and the web process each hold them."""
+    runner = RuleRunner()
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="session")
 async def worker(
-    temporal: Client, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+    temporal: Client,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    rules: RuleRunner,
 ) -> AsyncIterator[Worker]:
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel, rules=rules)
     async with build_worker(temporal, settings, activities) as worker:
         yield worker
 

@@ -25,6 +25,7 @@ from core.auth import mint_token
 from core.db import make_sessionmaker, tenant_transaction
 from core.models import Notification, Task
 from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, WORKFLOW_VERSION, TaskState, TaskWorkflowInput
+from core.recurrence import RuleRunner
 from core.settings import Settings
 from tickler import devstack
 from tickler.worker import build_worker
@@ -228,9 +229,13 @@ async def run_worker(
     temporal: Client, settings: Settings, engine: AsyncEngine, redis: Redis
 ) -> AsyncIterator[Worker]:
     """A worker of its own (its own task queue in ``settings``), with its own engine and Redis client."""
-    activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel)
-    async with build_worker(temporal, settings, activities) as worker:
-        yield worker
+    rules = RuleRunner(workers=1)
+    activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel, rules=rules)
+    try:
+        async with build_worker(temporal, settings, activities) as worker:
+            yield worker
+    finally:
+        rules.close()
 
 
 async def start_task(temporal: Client, state: TaskState, task_queue: str) -> WorkflowHandle[Any, TaskState]:

@@ -40,7 +40,7 @@ APP_SERVICES = {"migrate": "migrate", "worker": "worker", "web": "web"}
 EXPECTED_SERVICES = frozenset(
     {"postgres", "redis", "temporal", "temporal-setup", "temporal-ui", *APP_SERVICES}
 )
-NEEDS_HEALTHCHECK = ("postgres", "redis", "temporal", "web")
+NEEDS_HEALTHCHECK = ("postgres", "redis", "temporal", "worker", "web")
 DEPENDS_ON_CONDITIONS = frozenset({"service_started", "service_healthy", "service_completed_successfully"})
 # Custom search attributes the task workflows upsert; temporal-setup must register each with its type.
 SEARCH_ATTRIBUTES = {
@@ -318,6 +318,23 @@ def test_web_healthcheck_and_port_match_the_web_port(services: dict[str, dict[st
     assert f":{port}/" in check, f"web healthcheck {check!r} probes another port: {fix}"
     published = [str(p).rpartition(":")[2] for p in web.get("ports", [])]
     assert port in published, f"service 'web': publish the container port {port}, e.g. `- \"{port}:{port}\"`"
+
+
+def test_worker_healthcheck_probes_the_worker_health_port(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    env = environment_of(worker)
+    port = env.get("TICKLER_WORKER_HEALTH_PORT")
+    assert port not in (None, "", "0"), (
+        'set TICKLER_WORKER_HEALTH_PORT (e.g. "9466") in x-tickler-env: its default 0 serves no /healthz'
+    )
+    assert env.get("TICKLER_WORKER_HEALTH_HOST") == "0.0.0.0", (
+        "set TICKLER_WORKER_HEALTH_HOST: 0.0.0.0 in x-tickler-env, so that probes from outside the "
+        "container reach the worker's /healthz"
+    )
+    check = healthcheck_text(worker)
+    fix = f"probe http://localhost:{port}/healthz (TICKLER_WORKER_HEALTH_PORT is {port})"
+    assert "/healthz" in check, f"worker healthcheck {check!r}: {fix}"
+    assert f":{port}/" in check, f"worker healthcheck {check!r} probes another port: {fix}"
 
 
 def test_depends_on_targets_exist_and_can_meet_the_condition(services: dict[str, dict[str, Any]]) -> None:

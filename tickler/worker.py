@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -14,8 +15,10 @@ from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
 from core.gcwatch import Deliveries, collection_schedule
 from core.pubsub import make_redis
+from core.recurrence import RuleRunner
 from core.settings import Settings
-from core.temporal import connect, gc_pause_histogram, metrics_runtime
+from core.temporal import EventLoopBlockMetrics, connect, gc_pause_histogram, metrics_runtime
+from core.watchdog import HealthServer, LoopWatchdog
 from workflows.task import TaskWorkflow
 
 log = logging.getLogger(__name__)
@@ -44,13 +47,16 @@ def build_worker(client: Client, settings: Settings, activities: TaskActivities)
 async def run_worker(settings: Settings) -> None:
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
+    rules = RuleRunner()
     try:
         runtime = None
         if settings.worker_metrics_port:
             runtime = metrics_runtime(f"127.0.0.1:{settings.worker_metrics_port}")
         client = await connect(settings, runtime)
         deliveries = Deliveries()
-        activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel, deliveries)
+        activities = TaskActivities(
+            make_sessionmaker(engine), redis, settings.redis_channel, deliveries, rules=rules
+        )
         worker = build_worker(client, settings, activities)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -61,7 +67,15 @@ async def run_worker(settings: Settings) -> None:
             record=gc_pause_histogram(runtime) if runtime else None,
             between=deliveries if settings.worker_gc_between_deliveries else None,
         )
-        async with worker, schedule as frozen:
+        watchdog = LoopWatchdog(
+            settings.event_loop_block_seconds, EventLoopBlockMetrics(runtime) if runtime else None
+        )
+        # Not on the event loop, which is what it checks: a blocked loop answers 503, not nothing.
+        health: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+        if settings.worker_health_port:
+            checks = {"/healthz": watchdog.problem}
+            health = HealthServer(settings.worker_health_host, settings.worker_health_port, checks)
+        async with watchdog, health, worker, schedule as frozen:
             log.info(
                 "worker polling task queue %r at %s (%d start-up objects frozen out of garbage collection)",
                 settings.temporal_task_queue,
@@ -73,5 +87,6 @@ async def run_worker(settings: Settings) -> None:
             await stop.wait()
             log.info("worker stopping")
     finally:
+        rules.close()
         await redis.aclose()
         await engine.dispose()

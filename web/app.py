@@ -11,13 +11,16 @@ from quart_schema import Info, QuartSchema
 from core.auth import TokenVerifier
 from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
+from core.recurrence import RuleRunner
 from core.settings import Settings, get_settings
 from core.temporal import connect
+from core.watchdog import LoopWatchdog
 from web import health
 from web.errors import register_error_handlers
 from web.limits import RateLimiter
 from web.notifications.routes import blueprint as notifications
 from web.page.routes import blueprint as page
+from web.problems import ContractOpenAPIProvider
 from web.requests import JSONRequest
 from web.resources import EXTENSION_KEY, Resources
 from web.session.routes import blueprint as session
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         info=Info(title="Tickler", version="1", description="Reminders for multi-tenant CRMs."),
         security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
         security=[{"bearer": []}],
+        openapi_provider_class=ContractOpenAPIProvider,
     )
     register_error_handlers(app)
     for blueprint in (health.blueprint, session, tasks, notifications, stream, page):
@@ -49,6 +53,9 @@ def create_app(settings: Settings | None = None) -> Quart:
         engine = make_engine(settings, application_name="tickler-web")
         redis = make_redis(settings)
         hub = StreamHub(redis, settings.redis_channel, settings.sse_queue_size)
+        rules = RuleRunner()
+        watchdog = LoopWatchdog(settings.event_loop_block_seconds)
+        watchdog.start()
         try:
             temporal = await connect(settings)
             await hub.start()
@@ -61,11 +68,15 @@ def create_app(settings: Settings | None = None) -> Quart:
                 hub=hub,
                 verifier=TokenVerifier(settings),
                 rate_limiter=RateLimiter(redis, settings.rate_limit_per_minute),
+                rules=rules,
+                watchdog=watchdog,
             )
             yield
         finally:
+            rules.close()
             await hub.stop()
             await redis.aclose()
             await engine.dispose()
+            watchdog.stop()
 
     return app

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 from quart import Quart, Response, json
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
@@ -17,6 +18,31 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
+class FieldError(BaseModel):
+    # Empty, like the JSON Pointer of a whole document, for the body as a whole: a name such as "(body)"
+    # reads as a property (schemathesis's error feedback took it for a required one).
+    field: str = Field(
+        description="Dotted path of the field, e.g. `recurrence.every`; empty: the whole body."
+    )
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error answer (application/problem+json)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="What went wrong and what to change.")
+    # Present only on the answers that need them: the schema says "absent", never "null".
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(
+        None, description="422: each invalid field and what is wrong with it."
+    )
+    retry_after: int | SkipJsonSchema[None] = Field(
+        None, ge=1, description="429: seconds until a retry can succeed; also in the Retry-After header."
+    )
+
+
 def problem_response(problem: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(problem), status=status, content_type=PROBLEM_JSON, headers=headers)
 
@@ -24,10 +50,10 @@ def problem_response(problem: dict[str, Any], status: int, headers: dict[str, st
 def _validation_errors(error: Exception) -> list[dict[str, str]]:
     if isinstance(error, ValidationError):
         return [
-            {"field": ".".join(str(part) for part in e["loc"]) or "(body)", "message": e["msg"]}
+            {"field": ".".join(str(part) for part in e["loc"]), "message": e["msg"]}
             for e in error.errors(include_url=False)
         ]
-    return [{"field": "(body)", "message": str(error)}]
+    return [{"field": "", "message": str(error)}]
 
 
 def register_error_handlers(app: Quart) -> None:
@@ -38,7 +64,7 @@ def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(RequestSchemaValidationError)
     async def invalid_request(error: RequestSchemaValidationError) -> Response:
         errors = _validation_errors(error.validation_error)
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)
         problem = {
             "type": "about:blank",
             "title": "Unprocessable Content",

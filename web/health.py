@@ -13,5 +13,12 @@ blueprint = Blueprint("health", __name__)
 @blueprint.get("/healthz")
 @hide
 async def healthz() -> dict[str, object]:
-    hub = resources().hub
-    return {"status": "ok", "redis_subscribed": hub.subscribed.is_set(), "streams": hub.stream_count}
+    """No 503 for a blocked loop here, unlike the worker's: a blocked loop answers nothing at all, and by
+    the time this runs the block is over. Its count tells a probe that blocks have happened."""
+    res = resources()
+    return {
+        "status": "ok",
+        "redis_subscribed": res.hub.subscribed.is_set(),
+        "streams": res.hub.stream_count,
+        "event_loop_blocks": res.watchdog.blocks,
+    }

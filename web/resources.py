@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from core.auth import TokenVerifier
+from core.recurrence import RuleRunner
 from core.settings import Settings
+from core.watchdog import LoopWatchdog
 from web.limits import RateLimiter
 from web.stream.hub import StreamHub
 
@@ -27,6 +29,9 @@ class Resources:
     hub: StreamHub
     verifier: TokenVerifier
     rate_limiter: RateLimiter
+    rules: RuleRunner
+    # Logs and counts blocks of this process's event loop (no metrics exporter yet: /healthz shows them).
+    watchdog: LoopWatchdog
 
 
 def resources() -> Resources:

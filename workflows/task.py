@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         DELIVER_AHEAD,
         DELIVER_REMINDER,
         NEXT_OCCURRENCE,
+        RECURRENCE_UNUSABLE,
         SAVE_TASK,
         STATE_QUERY,
         SYNC_UPDATE,
@@ -34,16 +35,21 @@ with workflow.unsafe.imports_passed_through():
         TaskChange,
         TaskState,
         TaskWorkflowInput,
+        check_due_window,
     )
     from core.temporal import DUE_AT, TASK_STATUS
 
 LOCAL_TIMEOUT = timedelta(seconds=10)
 DELIVER_TIMEOUT = timedelta(seconds=30)
 DELIVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# A next occurrence that keeps failing for another reason than its rule (no evaluator free, a worker
+# restarting) is tried for a few minutes; then the series stops with a reason rather than wait forever.
+NEXT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=8
+)
 # Well below Temporal's limits (51,200 events): a wake-up replays the history, so keep it short.
 MAX_HISTORY_EVENTS = 2_000
 RECENT_REQUEST_IDS = 100
-LATEST_DUE = timedelta(days=366 * 10)
 
 
 class ChangeRejected(ApplicationError):
@@ -63,8 +69,18 @@ def check_change(state: TaskState, change: TaskChange, now: datetime) -> None:
         new_due = _new_due(state, change, now)
         if new_due is None:
             raise ChangeRejected(f"{change.action} needs a new time", conflict=False)
-        if new_due > now + LATEST_DUE:
-            raise ChangeRejected("the new due time is more than ten years ahead", conflict=False)
+        try:
+            check_due_window(new_due, now)
+        except ValueError as exc:
+            raise ChangeRejected(f"the new due time {exc}", conflict=False) from None
+
+
+def _cause(exc: ActivityError | ApplicationError) -> BaseException:
+    """Why an activity failed. The SDK raises an activity task's failure as ActivityError around its
+    cause, but a local activity's as the cause itself (temporalio 1.35): both reach here."""
+    if isinstance(exc, ActivityError):
+        return exc.cause or exc
+    return exc
 
 
 def _new_due(state: TaskState, change: TaskChange, now: datetime) -> datetime | None:
@@ -208,6 +224,7 @@ class TaskWorkflow:
                 fields["timezone"] = change.timezone
             if change.recurrence is not None:
                 fields["recurrence"] = change.recurrence
+                fields["recurrence_stopped"] = None
             elif change.clear_recurrence:
                 fields["recurrence"] = None
         self.state = state
@@ -226,16 +243,31 @@ class TaskWorkflow:
     async def _advance_to_next_occurrence(self) -> None:
         state = self.state
         assert state.recurrence is not None
-        following: datetime | None = await workflow.execute_local_activity(
-            NEXT_OCCURRENCE,
-            NextOccurrenceInput(recurrence=state.recurrence, timezone=state.timezone, after=state.due_at),
-            result_type=datetime,
-            start_to_close_timeout=LOCAL_TIMEOUT,
-        )
+        stopped: str | None = None
+        try:
+            following: datetime | None = await workflow.execute_local_activity(
+                NEXT_OCCURRENCE,
+                NextOccurrenceInput(recurrence=state.recurrence, timezone=state.timezone, after=state.due_at),
+                result_type=datetime,
+                start_to_close_timeout=LOCAL_TIMEOUT,
+                retry_policy=NEXT_RETRY,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            # The rule cannot be used (or could not be run for minutes): the series stops, the task and
+            # its workflow go on, and the reason is on the task for its user and in the log for operators.
+            cause = _cause(exc)
+            unusable = isinstance(cause, ApplicationError) and cause.type == RECURRENCE_UNUSABLE
+            reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            stopped = reason if unusable else f"the next occurrence could not be computed ({reason})"
+            following = None
+            workflow.logger.warning("recurrence of task %s stopped: %s", state.task_id, stopped)
+            workflow.metric_meter().create_counter(
+                "tickler_recurrences_stopped", "Series stopped because their rule could not be used"
+            ).add(1, {"unusable": str(unusable).lower()})
         if self.state is not state:
             return  # changed meanwhile: the loop looks again
         if following is None:
-            self._change(workflow.now(), recurrence=None)
+            self._change(workflow.now(), recurrence=None, recurrence_stopped=stopped)
         else:
             self._change(workflow.now(), due_at=following)
 
@@ -306,10 +338,10 @@ class TaskWorkflow:
                     start_to_close_timeout=DELIVER_TIMEOUT,
                     retry_policy=DELIVER_RETRY,
                 )
-        except ActivityError as exc:
+        except (ActivityError, ApplicationError) as exc:
             # Only non-retryable failures get here (the task's row or organization is gone): nothing
             # will ever deliver this occurrence, so it counts as done rather than retried forever.
-            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), exc.cause)
+            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), _cause(exc))
         if self.state.schedule_revision == state.schedule_revision:
             # No save needed: the notification row is the durable record of the delivery.
             done = (*self.state.done_offsets, offset)

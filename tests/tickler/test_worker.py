@@ -1,12 +1,15 @@
-"""`tickler worker` as operators run it: a process of its own, with its Prometheus metrics and logs."""
+"""`tickler worker` as operators run it: a process of its own, with its Prometheus metrics, health check
+and logs."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,9 +22,26 @@ from tests.helpers import start_task, task_state, wait_until
 from tickler import devstack
 
 
+@dataclass
+class WorkerProcess:
+    settings: Settings
+    metrics_port: int
+    health_port: int
+    log: Path
+
+    async def metrics(self, *names: str) -> str:
+        """The Prometheus exposition once it holds every one of ``names``; empty until then."""
+        try:
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
+        except httpx.TransportError:
+            return ""
+        return text if all(name in text for name in names) else ""
+
+
 @pytest.fixture
-def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, int, Path]]:
-    port = devstack.free_port()
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    metrics_port, health_port = devstack.free_port(), devstack.free_port()
     own = settings.model_copy(update={"temporal_task_queue": f"metrics-{uuid.uuid4().hex[:8]}"})
     env = os.environ | {
         "TICKLER_DATABASE_URL": own.database_url,
@@ -29,7 +49,8 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
         "TICKLER_REDIS_CHANNEL": own.redis_channel,
         "TICKLER_TEMPORAL_ADDRESS": own.temporal_address,
         "TICKLER_TEMPORAL_TASK_QUEUE": own.temporal_task_queue,
-        "TICKLER_WORKER_METRICS_PORT": str(port),
+        "TICKLER_WORKER_METRICS_PORT": str(metrics_port),
+        "TICKLER_WORKER_HEALTH_PORT": str(health_port),
         # Every collection is long enough to be logged: the log must show them.
         "TICKLER_GC_PAUSE_WARNING_MS": "0.0001",
     }
@@ -38,7 +59,7 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
         [sys.executable, "-m", "tickler", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        yield own, port, tmp_path / "worker.log"
+        yield WorkerProcess(own, metrics_port, health_port, tmp_path / "worker.log")
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()[-3000:]
@@ -46,28 +67,61 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
 
 
 async def test_the_worker_exports_lateness_rejected_signals_and_collections(
-    worker_process: tuple[Settings, int, Path], temporal: Client
+    worker_process: WorkerProcess, temporal: Client
 ) -> None:
-    settings, port, log = worker_process
+    settings = worker_process.settings
     state = task_state(due_in=timedelta(seconds=1))
     handle = await start_task(temporal, state, settings.temporal_task_queue)
     await handle.signal("reschedule", {"due_at": "not a time"})
 
-    async def metrics() -> str:
-        """The exposition once it holds both of our metrics; empty until then."""
-        try:
-            async with httpx.AsyncClient() as client:
-                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-        except httpx.TransportError:
-            return ""
-        ours = ("tickler_reminder_lateness_count", "tickler_rejected", "tickler_gc_pause_count")
-        return text if all(name in text for name in ours) else ""
-
-    text = await wait_until(metrics, within=20, what="lateness, rejected signals and collection pauses")
+    ours = ("tickler_reminder_lateness_count", "tickler_rejected", "tickler_gc_pause_count")
+    text = await wait_until(
+        lambda: worker_process.metrics(*ours),
+        within=20,
+        what="lateness, rejected signals and collection pauses",
+    )
     assert 'signal="reschedule"' in text
     assert 'tickler_gc_pause_count{generation="0"' in text
-    logged = log.read_text()
+    logged = worker_process.log.read_text()
     assert "start-up objects frozen out of garbage collection" in logged
     assert "full garbage collections run between deliveries" in logged
     assert "garbage collection of generation 0 stopped the process for" in logged
     await handle.terminate("test over")
+
+
+async def test_the_worker_answers_its_health_check_and_counts_failed_workflow_tasks(
+    worker_process: WorkerProcess, temporal: Client
+) -> None:
+    """/healthz is served (its 503 for a blocked loop: tests/core/test_watchdog.py); a workflow task
+    that fails is counted by the SDK itself, as ``temporal_workflow_task_execution_failed``."""
+
+    async def healthz() -> httpx.Response | None:
+        try:
+            async with httpx.AsyncClient() as client:
+                return await client.get(f"http://127.0.0.1:{worker_process.health_port}/healthz")
+        except httpx.TransportError:
+            return None
+
+    response = await wait_until(healthz, within=20, what="the worker's /healthz")
+    assert response is not None
+    assert (response.status_code, response.text) == (200, "ok\n")
+
+    # A workflow type the worker does not know: each of its workflow tasks fails, and is retried.
+    handle = await temporal.start_workflow(
+        "NoSuchWorkflow",
+        id=f"no-such-workflow-{uuid.uuid4()}",
+        task_queue=worker_process.settings.temporal_task_queue,
+    )
+    try:
+        text = await wait_until(
+            lambda: worker_process.metrics("temporal_workflow_task_execution_failed"),
+            within=20,
+            what="a failed workflow task on /metrics",
+        )
+    finally:
+        await handle.terminate("test over")
+    failed = re.search(r"^temporal_workflow_task_execution_failed\{([^}]*)\} (\d+)$", text, re.MULTILINE)
+    assert failed, text
+    assert 'workflow_type="NoSuchWorkflow"' in failed.group(1)
+    assert int(failed.group(2)) >= 1
+    assert "event loop blocked" not in worker_process.log.read_text()

@@ -1,33 +1,75 @@
-"""Schemathesis fuzzes every route in /openapi.json on the real stack: no 5xx, no answer off its schema."""
+"""Schemathesis runs every check it has against the routes of /openapi.json, on the real stack.
+
+This module is also schemathesis's hooks module (schemathesis.toml names it). Where the premise of a check
+does not hold for a route by design, ``filter_failure`` drops the one failure that follows from it, with
+the reason; schemathesis counts what it drops in its report. Anything else a check finds is a bug of the
+API or of its document.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import schemathesis
+from schemathesis.specs.openapi.checks import RejectedPositiveData, UseAfterFree
 from temporalio.worker import Worker
 
 from core.settings import Settings
 from tests.helpers import bearer, new_org, serve_app
 
-# The stream never ends by itself; its protocol has tests of its own (tests/web/test_stream.py).
-EXCLUDED = ["/v1/notifications/stream"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cancelled_task_stays_readable(failure: Any) -> bool:
+    # use_after_free expects a 404 after a DELETE. DELETE /v1/tasks/{id} cancels the task, which stays
+    # readable (and listable) with status `cancelled`: the route's documented meaning, not a leak.
+    return isinstance(failure, UseAfterFree) and failure.free.startswith("DELETE /v1/tasks/")
+
+
+def _rule_judged_by_running(failure: Any, case: schemathesis.Case, response: schemathesis.Response) -> bool:
+    # Whether an RRULE is usable is judged by running it within a budget (core/recurrence.py), which no
+    # JSON schema can state: a schema-valid `rrule` may be refused. Only that 422 is excused, and only
+    # when every error it names is the recurrence.
+    if not isinstance(failure, RejectedPositiveData) or response.status_code != 422:
+        return False
+    recurrence = case.body.get("recurrence") if isinstance(case.body, dict) else None
+    if not isinstance(recurrence, dict) or not isinstance(recurrence.get("rrule"), str):
+        return False
+    errors = response.json().get("errors") or [{"field": None}]
+    return all(error.get("field") == "recurrence" for error in errors)
+
+
+@schemathesis.hook
+def filter_failure(
+    context: schemathesis.HookContext,
+    failure: Any,
+    case: schemathesis.Case,
+    response: schemathesis.Response,
+) -> bool:
+    """Keep the failure unless the premise of its check does not hold here (above)."""
+    return not (_cancelled_task_stays_readable(failure) or _rule_judged_by_running(failure, case, response))
 
 
 @pytest.mark.timeout(600)
-async def test_schemathesis_finds_no_server_error(settings: Settings, worker: Worker, tmp_path: Path) -> None:
+async def test_every_check_of_schemathesis_passes(settings: Settings, worker: Worker, tmp_path: Path) -> None:
     # No rate limit: thousands of requests a minute are the point here.
     fuzzed = settings.model_copy(update={"rate_limit_per_minute": 0})
-    auth = bearer(fuzzed, "7", new_org())["Authorization"]
+    auth = bearer(fuzzed, "7", new_org(), ttl=1800)["Authorization"]
     async with serve_app(fuzzed) as (url, _):
         command = [
             str(Path(sys.executable).parent / "schemathesis"),
+            # The routes left out (the stream, the session) and the hooks: see the file.
+            "--config-file",
+            str(ROOT / "schemathesis.toml"),
             "run",
             f"{url}/openapi.json",
             "--checks",
-            "not_a_server_error,response_schema_conformance,content_type_conformance",
+            "all",
             "--header",
             f"Authorization: {auth}",
             "--max-examples",
@@ -36,11 +78,12 @@ async def test_schemathesis_finds_no_server_error(settings: Settings, worker: Wo
             "--request-timeout",
             "20",
             "--no-color",
-            *[arg for path in EXCLUDED for arg in ("--exclude-path", path)],
         ]
+        # Run elsewhere, so that its files stay out of the repository; the hooks import from it.
+        env = os.environ | {"PYTHONPATH": str(ROOT)}
         process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path, env=env
         )
         output, _ = await process.communicate()
     report = output.decode(errors="replace")
-    assert process.returncode == 0, report[-6000:]
+    assert process.returncode == 0, report[-8000:]

@@ -193,7 +193,7 @@ async def test_idempotency_key(client: httpx.AsyncClient, alice: dict[str, str],
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == first.json()
     other = await client.post("/v1/tasks", json=body | {"title": "Another"}, headers=alice | key)
-    assert other.status_code == 422
+    assert other.status_code == 409
     assert "Idempotency-Key" in other.json()["detail"]
 
     concurrent_key = {"Idempotency-Key": f"race-{uuid.uuid4()}"}

@@ -17,6 +17,7 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -25,6 +26,7 @@ from core import recurrence
 from core.payloads import (
     DELIVER_REMINDER,
     NEXT_OCCURRENCE,
+    RECURRENCE_UNUSABLE,
     SAVE_TASK,
     WORKFLOW_VERSION,
     DeliverReminderInput,
@@ -92,7 +94,11 @@ class FakeActivities:
 
     @activity.defn(name=NEXT_OCCURRENCE)
     async def next_occurrence(self, input: NextOccurrenceInput) -> datetime | None:
-        return recurrence.next_occurrence(input.recurrence, input.timezone, input.after)
+        # In this process, bounded in steps only: the real one runs the rule in a child (tests/activities).
+        try:
+            return recurrence.next_occurrence(input.recurrence, input.timezone, input.after)
+        except recurrence.RuleUnusable as exc:
+            raise ApplicationError(str(exc), type=RECURRENCE_UNUSABLE, non_retryable=True) from None
 
     @activity.defn(name=DELIVER_REMINDER)
     async def deliver_reminder(self, input: DeliverReminderInput) -> int:

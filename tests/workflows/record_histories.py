@@ -7,6 +7,7 @@ already running in production. Each scenario runs on the time-skipping test serv
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from temporalio.client import WorkflowHandle
 
 from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
 from tests.workflows.conftest import Harness, fake_worker, start_environment
+from tests.workflows.test_hostile_values import HOSTILE_SIGNALS
 from tests.workflows.test_task_workflow import new_task
 from workflows.task import TaskWorkflow
 
@@ -64,14 +66,37 @@ async def reminders_and_recurrence(h: Harness) -> WorkflowHandle[TaskWorkflow, T
     return handle
 
 
-SCENARIOS: list[Scenario] = [fires_then_completes, changes_and_signals_then_cancel, reminders_and_recurrence]
+async def hostile_values_then_a_rule_that_stops(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    """Issue 12: refused signals, then a rule that passed an older check stops its series."""
+    recurrence = Recurrence.model_construct(rrule="FREQ=DAILY;INTERVAL=0", every=None, unit=None)
+    state = (await new_task(h, timedelta(hours=1))).model_copy(update={"recurrence": recurrence})
+    handle = await h.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    for name, payload in HOSTILE_SIGNALS:
+        await handle.signal(name, payload)
+    await h.env.sleep(timedelta(hours=2))
+    await handle.signal("reschedule", {"due_at": (state.due_at + timedelta(days=1)).isoformat()})
+    await handle.execute_update(CHANGE_UPDATE, TaskChange(action="complete"), result_type=TaskState)
+    await handle.result()
+    return handle
 
 
-async def record() -> None:
+SCENARIOS: list[Scenario] = [
+    fires_then_completes,
+    changes_and_signals_then_cancel,
+    reminders_and_recurrence,
+    hostile_values_then_a_rule_that_stops,
+]
+
+
+async def record(names: list[str]) -> None:
+    """Record the named scenarios (all of them without names)."""
     env = await start_environment()
     try:
         async with fake_worker(env) as harness:
             for scenario in SCENARIOS:
+                if names and scenario.__name__ not in names:
+                    continue
                 handle = await scenario(harness)
                 history = await handle.fetch_history()
                 path = HISTORIES / f"{scenario.__name__}.json"
@@ -82,4 +107,4 @@ async def record() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    asyncio.run(record(sys.argv[1:]))

@@ -15,12 +15,14 @@ from web.notifications.schemas import (
     ReadAllResult,
     UnreadCount,
 )
+from web.problems import problems
 from web.resources import resources
 
 blueprint = Blueprint("notifications", __name__, url_prefix="/v1/notifications")
 
 
 @blueprint.get("")
+@problems(401, 422, 429)
 @authenticated
 @validate_querystring(NotificationQuery)
 @validate_response(NotificationPage)
@@ -32,6 +34,7 @@ async def list_notifications(query_args: NotificationQuery) -> NotificationPage:
 
 
 @blueprint.get("/unread-count")
+@problems(401, 429)
 @authenticated
 @validate_response(UnreadCount)
 async def unread_count() -> UnreadCount:
@@ -40,6 +43,7 @@ async def unread_count() -> UnreadCount:
 
 
 @blueprint.post("/<int(max=9223372036854775807):notification_id>/read")
+@problems(401, 404, 429)
 @authenticated
 @validate_response(NotificationOut)
 async def mark_read(notification_id: int) -> NotificationOut:
@@ -49,6 +53,7 @@ async def mark_read(notification_id: int) -> NotificationOut:
 
 
 @blueprint.post("/<int(max=9223372036854775807):notification_id>/unread")
+@problems(401, 404, 429)
 @authenticated
 @validate_response(NotificationOut)
 async def mark_unread(notification_id: int) -> NotificationOut:
@@ -58,6 +63,7 @@ async def mark_unread(notification_id: int) -> NotificationOut:
 
 
 @blueprint.post("/read-all")
+@problems(401, 429)
 @authenticated
 @validate_response(ReadAllResult)
 async def read_all() -> ReadAllResult:

@@ -10,17 +10,22 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 from quart import Blueprint, Response, json
-from quart_schema import validate_request, validate_response
+from quart_schema import security_scheme, validate_request, validate_response
 
 from core.auth import Principal, mint_token
 from core.errors import NotFound, Unauthorized
 from web.auth import authenticated, bearer_token, principal
+from web.problems import Header, problems, responds
 from web.resources import resources
 from web.schemas import Identifier
 
 blueprint = Blueprint("session", __name__, url_prefix="/v1/session")
 
 DEV_SESSION_SECONDS = 12 * 3600
+
+SESSION_COOKIE = Header(
+    "The session cookie: HttpOnly, SameSite=Strict, expiring with the token.", {"type": "string"}
+)
 
 
 class SessionOut(BaseModel):
@@ -53,6 +58,8 @@ def _signed_in(who: Principal, token: str) -> Response:
 
 
 @blueprint.post("")
+@problems(401, 429)
+@responds(200, "Signed in.", model=SessionOut, headers={"Set-Cookie": SESSION_COOKIE})
 async def sign_in() -> Response:
     """Exchange the CRM's bearer token for the session cookie (HttpOnly, SameSite=Strict)."""
     res = resources()
@@ -65,6 +72,9 @@ async def sign_in() -> Response:
 
 
 @blueprint.post("/dev")
+@security_scheme([])
+@problems(400, 404, 413, 415, 422)
+@responds(200, "Signed in.", model=SessionOut, headers={"Set-Cookie": SESSION_COOKIE})
 @validate_request(DevSignIn)
 async def dev_sign_in(data: DevSignIn) -> Response:
     """Development only (TICKLER_ENV=dev): sign in as any user of any organization."""
@@ -78,6 +88,7 @@ async def dev_sign_in(data: DevSignIn) -> Response:
 
 
 @blueprint.get("")
+@problems(401, 429)
 @authenticated
 @validate_response(SessionOut)
 async def current() -> SessionOut:
@@ -87,8 +98,10 @@ async def current() -> SessionOut:
 
 
 @blueprint.delete("")
+@security_scheme([])
+@responds(204, "Signed out: the cookie is cleared.", headers={"Set-Cookie": SESSION_COOKIE})
 async def sign_out() -> Response:
-    """Forget the session cookie. 204."""
+    """Forget the session cookie."""
     settings = resources().settings
     response = Response(status=204)
     response.delete_cookie(

@@ -23,6 +23,7 @@ from core.db import tenant_transaction
 from core.errors import TooManyRequests
 from core.models import Notification, notification_message
 from web.auth import authenticated, principal
+from web.problems import problems, responds
 from web.resources import Resources, resources
 from web.stream.hub import Control
 from web.stream.sse import HEARTBEAT, format_event, format_retry
@@ -126,6 +127,13 @@ async def _events(res: Resources, who: Principal, last_id: int | None) -> AsyncI
 
 
 @blueprint.get("/v1/notifications/stream")
+@problems(401, 429)
+@responds(
+    200,
+    "Server-Sent Events until the token expires (`event: session.expired`) or the client leaves.",
+    media_type="text/event-stream",
+    schema={"type": "string"},
+)
 @authenticated
 async def stream() -> Response:
     """Your notifications as Server-Sent Events (`event: notification`, `id:` = notification id).

@@ -11,11 +11,17 @@ from quart_schema import validate_headers, validate_querystring, validate_reques
 
 from core.payloads import TaskChange
 from web.auth import authenticated, principal
+from web.problems import Header, problems, responds
 from web.resources import resources
 from web.tasks import service
 from web.tasks.schemas import SnoozeRequest, TaskCreate, TaskOut, TaskPage, TaskQuery, TaskUpdate
 
 blueprint = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
+
+IDEMPOTENT_REPLAYED = Header(
+    "`true` when this answers a retry with the same Idempotency-Key: nothing new was created.",
+    {"type": "string", "enum": ["true"]},
+)
 
 
 class CreateHeaders(BaseModel):
@@ -31,6 +37,8 @@ class CreateHeaders(BaseModel):
 
 
 @blueprint.post("")
+@problems(400, 401, 409, 413, 415, 422, 429, 503)
+@responds(201, headers={"Idempotent-Replayed": IDEMPOTENT_REPLAYED})
 @authenticated
 @validate_headers(CreateHeaders)
 @validate_request(TaskCreate)
@@ -39,13 +47,14 @@ async def create_task(data: TaskCreate, headers: CreateHeaders) -> tuple[TaskOut
     """Create a task; its reminders fire at `due_at` minus each offset.
 
     Answers once the task is stored and its timer armed. With an `Idempotency-Key`, a retry returns the
-    same task (header `Idempotent-Replayed: true`); the same key with another body answers 422.
+    same task (header `Idempotent-Replayed: true`); the same key with another body answers 409.
     """
     state, created = await service.create_task(resources(), principal(), data, headers.idempotency_key)
     return TaskOut.from_state(state), 201, {} if created else {"Idempotent-Replayed": "true"}
 
 
 @blueprint.get("")
+@problems(401, 422, 429)
 @authenticated
 @validate_querystring(TaskQuery)
 @validate_response(TaskPage)
@@ -56,6 +65,7 @@ async def list_tasks(query_args: TaskQuery) -> TaskPage:
 
 
 @blueprint.get("/<uuid:task_id>")
+@problems(401, 404, 429)
 @authenticated
 @validate_response(TaskOut)
 async def get_task(task_id: uuid.UUID) -> TaskOut:
@@ -65,6 +75,7 @@ async def get_task(task_id: uuid.UUID) -> TaskOut:
 
 
 @blueprint.patch("/<uuid:task_id>")
+@problems(400, 401, 404, 409, 413, 415, 422, 429, 503)
 @authenticated
 @validate_request(TaskUpdate)
 @validate_response(TaskOut)
@@ -85,6 +96,7 @@ async def update_task(task_id: uuid.UUID, data: TaskUpdate) -> TaskOut:
 
 
 @blueprint.post("/<uuid:task_id>/snooze")
+@problems(400, 401, 404, 409, 413, 415, 422, 429, 503)
 @authenticated
 @validate_request(SnoozeRequest)
 @validate_response(TaskOut)
@@ -95,6 +107,7 @@ async def snooze_task(task_id: uuid.UUID, data: SnoozeRequest) -> TaskOut:
 
 
 @blueprint.post("/<uuid:task_id>/complete")
+@problems(401, 404, 409, 429, 503)
 @authenticated
 @validate_response(TaskOut)
 async def complete_task(task_id: uuid.UUID) -> TaskOut:
@@ -104,8 +117,10 @@ async def complete_task(task_id: uuid.UUID) -> TaskOut:
 
 
 @blueprint.delete("/<uuid:task_id>")
+@problems(401, 404, 409, 429, 503)
+@responds(204, "Cancelled.")
 @authenticated
 async def cancel_task(task_id: uuid.UUID) -> Response:
-    """Cancel the task (status `cancelled`): no reminder of it fires any more. 204."""
+    """Cancel the task (status `cancelled`): no reminder of it fires any more."""
     await service.change_task(resources(), principal(), task_id, TaskChange(action="cancel"))
     return Response(status=204)

@@ -8,12 +8,11 @@ answer and a following GET agree.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import uuid
 from collections.abc import Awaitable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, and_, or_, select
@@ -40,10 +39,12 @@ from core.payloads import (
     SYNC_UPDATE,
     TASK_WORKFLOW,
     WORKFLOW_VERSION,
+    Recurrence,
     TaskChange,
     TaskState,
     TaskWorkflowInput,
 )
+from core.recurrence import RuleUnusable, RunnerBusy
 from core.temporal import ASSIGNEE_ID, DUE_AT, ORGANIZATION_ID, TASK_STATUS, task_workflow_id
 from web.resources import Resources
 from web.tasks.schemas import TaskCreate, TaskQuery
@@ -87,7 +88,22 @@ def _request_hash(body: TaskCreate) -> str:
 
 def _same_request(state_hash: str | None, request_hash: str | None) -> None:
     if request_hash is not None and state_hash != request_hash:
-        raise Unprocessable("This Idempotency-Key was used with a different body; use a new key.")
+        # The key names a task (IDEMPOTENCY_NAMESPACE) that exists with other contents: a clash with that
+        # task's state, as when its workflow has closed (create_task), not an invalid request.
+        raise Conflict("This Idempotency-Key was used with a different body; use a new key.")
+
+
+async def _check_recurrence(res: Resources, recurrence: Recurrence, timezone: str, due_at: datetime) -> None:
+    """Judge the rule by running it from ``due_at`` (core/recurrence.py), before the workflow sees it."""
+    try:
+        await res.rules.check(recurrence, timezone, due_at)
+    except RuleUnusable as exc:
+        raise Unprocessable(
+            f"The request is invalid. recurrence: {exc}.",
+            errors=[{"field": "recurrence", "message": str(exc)}],
+        ) from None
+    except RunnerBusy as exc:
+        raise Unavailable(f"Recurrence rules cannot be checked right now ({exc}); retry shortly.") from None
 
 
 async def create_task(
@@ -106,6 +122,8 @@ async def create_task(
         if existing is not None:
             _same_request(existing.request_hash, request_hash)
             return _state_of(existing), False
+    if body.recurrence is not None:
+        await _check_recurrence(res, body.recurrence, body.timezone, body.due_at)
     state = TaskState(
         task_id=task_id,
         organization_id=who.organization_id,
@@ -154,6 +172,10 @@ async def create_task(
 async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change: TaskChange) -> TaskState:
     """Send a change to the task's workflow; it answers once the row shows it."""
     row = await get_task(res, who, task_id)
+    if change.recurrence is not None:
+        await _check_recurrence(
+            res, change.recurrence, change.timezone or row.timezone, change.due_at or row.due_at
+        )
     handle = res.temporal.get_workflow_handle(task_workflow_id(task_id))
     try:
         return await _confirmed(res, handle.execute_update(CHANGE_UPDATE, change, result_type=TaskState))
@@ -195,16 +217,22 @@ def _state_of(task: Task) -> TaskState:
 # -- the list: keyset pagination in (due_at, id) order, stable under inserts ----------------------------
 
 
+# A cursor names the last row of a page: its due time in microseconds since 1970 (UTC) and its id. The
+# schema states the form (TaskQuery.cursor), and any string of that form is one this reads: at most 16
+# digits are 1970 to 2286, a time any query can take.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(task: Task) -> str:
-    raw = json.dumps([task.due_at.isoformat(), str(task.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{(task.due_at - EPOCH) // MICROSECOND}-{task.id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    micros, _, task_id = cursor.partition("-")
     try:
-        due, task_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(due), uuid.UUID(task_id)
-    except (ValueError, TypeError) as exc:
+        return EPOCH + int(micros) * MICROSECOND, uuid.UUID(hex=task_id)
+    except (ValueError, OverflowError) as exc:  # the schema's pattern lets none through: a second guard
         raise Unprocessable("`cursor` is not a cursor this API gave out; start again without it.") from exc
 
 

@@ -1,0 +1,169 @@
+"""Recurrence rules judged by running them, within a budget of steps and of time (no server needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from core.payloads import NewRecurrence, Recurrence
+from core.recurrence import (
+    MIN_INTERVAL,
+    RuleRunner,
+    RuleUnusable,
+    RunnerBusy,
+    check_in_child,
+    next_in_child,
+)
+from tests.helpers import wait_until
+
+# A Tuesday, 09:00 UTC (10:00 in Berlin).
+DUE = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def rule(text: str) -> Recurrence:
+    """A rule as yesterday's validator may have let it through: no check of its own."""
+    return Recurrence.model_construct(rrule=text, every=None, unit=None)
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[RuleRunner]:
+    runner = RuleRunner(workers=1, budget=0.5)
+    yield runner
+    runner.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "expected"),
+    [
+        ("FREQ=WEEKLY;BYDAY=TU", "Europe/Berlin", datetime(2026, 12, 8, 9, tzinfo=UTC)),
+        (
+            "FREQ=DAILY;BYHOUR=10,15;BYMINUTE=0;BYSECOND=0",
+            "Europe/Berlin",
+            datetime(2026, 12, 1, 14, tzinfo=UTC),
+        ),
+        ("RRULE:FREQ=MONTHLY;BYMONTHDAY=-1", "UTC", datetime(2026, 12, 31, 9, tzinfo=UTC)),
+        ("FREQ=HOURLY;INTERVAL=2", "UTC", DUE + timedelta(hours=2)),
+        ("FREQ=DAILY;COUNT=1", "UTC", None),  # the series is over after due_at
+        ("FREQ=DAILY;UNTIL=20261201T120000Z", "UTC", None),
+    ],
+)
+def test_next_occurrence_of_usable_rules(text: str, zone: str, expected: datetime | None) -> None:
+    assert next_in_child(text, None, None, zone, DUE) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("after", "zone", "expected"),
+    [
+        # 10:00 stays 10:00 on the wall clock across the spring and autumn changes.
+        (datetime(2026, 3, 28, 9, tzinfo=UTC), "Europe/Berlin", datetime(2026, 3, 29, 8, tzinfo=UTC)),
+        (datetime(2026, 10, 24, 8, tzinfo=UTC), "Europe/Berlin", datetime(2026, 10, 25, 9, tzinfo=UTC)),
+        # 02:30 does not exist on 8 March 2026 in New York: dateutil keeps the wall time, zoneinfo reads it
+        # with the offset before the change (07:30 UTC), which is still a day after the previous one.
+        (
+            datetime(2026, 3, 7, 7, 30, tzinfo=UTC),
+            "America/New_York",
+            datetime(2026, 3, 8, 7, 30, tzinfo=UTC),
+        ),
+    ],
+)
+def test_daily_rules_keep_the_wall_clock_across_dst(after: datetime, zone: str, expected: datetime) -> None:
+    assert next_in_child("FREQ=DAILY", None, None, zone, after) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("every", "unit", "expected"),
+    [(1, "days", DUE + timedelta(days=1)), (2, "weeks", DUE + timedelta(weeks=2))],
+)
+def test_every_n_days_or_weeks(every: int, unit: str, expected: datetime) -> None:
+    assert next_in_child(None, every, unit, "Europe/Berlin", DUE) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # Never advances: dateutil yields due_at forever.
+        ("FREQ=DAILY;INTERVAL=0", "INTERVAL=0"),
+        # A list of seconds gets around any check of FREQ: the occurrences are what is judged.
+        ("FREQ=DAILY;BYSECOND=0,1,2", "1 second apart"),
+        ("FREQ=DAILY;BYMINUTE=0,30", "30 minutes apart"),
+        ("FREQ=MINUTELY", "1 minute apart"),
+        ("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", "no occurrence"),
+        ("FREQ=DAILY;UNTIL=20200101T000000Z", "no occurrence"),
+    ],
+)
+def test_check_refuses_rules_by_their_occurrences(text: str, reason: str) -> None:
+    message = check_in_child(text, None, None, "UTC", DUE)
+    assert message is not None
+    assert reason in message
+
+
+def test_check_accepts_a_rule_one_interval_apart() -> None:
+    assert check_in_child("FREQ=HOURLY", None, None, "UTC", DUE) is None
+    assert timedelta(hours=1) == MIN_INTERVAL
+
+
+def test_next_occurrence_skips_what_is_closer_than_the_smallest_interval() -> None:
+    # Yesterday's validator let a list of seconds through: at run time it fires once a day at most here.
+    following, error = next_in_child("FREQ=DAILY;BYSECOND=0,1,2", None, None, "UTC", DUE)
+    assert (following, error) == (DUE + timedelta(days=1), None)
+    # A due time moved to 08:30 next to a 09:00 rule: the 09:00 of that day is skipped.
+    following, _ = next_in_child(
+        "FREQ=DAILY;BYHOUR=9;BYMINUTE=0", None, None, "UTC", DUE - timedelta(minutes=30)
+    )
+    assert following == DUE + timedelta(days=1)
+
+
+def test_next_occurrence_never_raises() -> None:
+    for text in ("FREQ=DAILY;INTERVAL=0", "FREQ=DAILY;UNTIL=99999999999999999999", "FREQ=NEVER", "x"):
+        following, error = next_in_child(text, None, None, "UTC", DUE)
+        assert following is None
+        assert error
+    # A due time at the top of the range: the horizon cannot be computed, the rule is refused.
+    _, error = next_in_child("FREQ=DAILY", None, None, "UTC", datetime.max.replace(tzinfo=UTC))
+    assert error is not None
+
+
+async def test_runner_kills_a_rule_at_its_budget_and_goes_on(runner: RuleRunner) -> None:
+    # No day is 30 February: dateutil walks day by day to year 9999 inside one call (seconds of CPU).
+    with pytest.raises(RuleUnusable, match=r"longer than 0\.5 s"):
+        await runner.next_occurrence(rule("FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30"), "UTC", DUE)
+    assert runner.timeouts == 1  # killed, not waited for
+    # The killed child is replaced: the next rule is answered.
+    assert await runner.next_occurrence(rule("FREQ=WEEKLY"), "UTC", DUE) == DUE + timedelta(weeks=1)
+    await runner.check(rule("FREQ=WEEKLY"), "Europe/Berlin", DUE)
+    with pytest.raises(RuleUnusable, match="INTERVAL=0"):
+        await runner.check(rule("FREQ=DAILY;INTERVAL=0"), "UTC", DUE)
+
+
+async def test_runner_bounds_the_wait_for_a_child() -> None:
+    runner = RuleRunner(workers=1, budget=2.0, queue_budget=0.2)
+    try:
+        slow = asyncio.create_task(runner.check(rule("FREQ=DAILY;BYMONTH=2;BYMONTHDAY=30"), "UTC", DUE))
+        await wait_until(runner._slots.locked, what="the slow rule to hold the only child")
+        with pytest.raises(RunnerBusy):
+            await runner.check(rule("FREQ=WEEKLY"), "UTC", DUE)
+        with pytest.raises(RuleUnusable):
+            await slow
+    finally:
+        runner.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"rrule": "FREQ=DAILY;UNTIL=99999999999999999999"}, "not a valid RRULE"),
+        ({"rrule": "FREQ=DAILY;INTERVAL=x"}, "not a valid RRULE"),
+        ({"rrule": "BYDAY=TU"}, "needs a FREQ"),
+        ({"rrule": "DTSTART:20260101T000000Z\nRRULE:FREQ=DAILY"}, "RRULE body only"),
+        ({"rrule": "FREQ=DAILY;" + "BYSECOND=1;" * 60}, "at most 500 characters"),
+        ({"every": 0, "unit": "days"}, "greater than or equal to 1"),
+    ],
+)
+def test_rule_syntax_is_checked_totally(body: dict[str, object], message: str) -> None:
+    """The model's check runs in workflow code (a signal's rule): whatever the text, a ValidationError."""
+    with pytest.raises(ValidationError, match=message):
+        TypeAdapter(NewRecurrence).validate_python(body)
