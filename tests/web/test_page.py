@@ -53,7 +53,7 @@ async def test_every_asset_the_page_loads_is_served(client: httpx.AsyncClient) -
     assert {"/assets/page.js", "/assets/page.css", "/assets/bell.svg"} <= wanted
     # The modules that page.js imports, and theirs.
     for script in [p for p in ASSETS if p.suffix == ".js"]:
-        wanted |= {f"/assets/{name}" for name in re.findall(r"""from "\./([\w.]+)";""", script.read_text())}
+        wanted |= {f"/assets/{name}" for name in re.findall(r"""from "\./([\w.-]+)";""", script.read_text())}
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
     for path in sorted(wanted):
         response = await client.get(path)
