@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from core.db import tenant_transaction
 from core.gcwatch import Deliveries
-from core.models import Task, notification_message
+from core.models import Task, notification_message, task_row
 from core.payloads import (
     DELIVER_AHEAD,
     DELIVER_REMINDER,
@@ -79,24 +79,7 @@ class TaskActivities:
     @activity.defn(name=SAVE_TASK)
     async def save_task(self, state: TaskState) -> None:
         """Upsert the row; a write older than the row's version (a late retry) changes nothing."""
-        values = {
-            "id": state.task_id,
-            "organization_id": state.organization_id,
-            "assignee_id": state.assignee_id,
-            "created_by": state.created_by,
-            "title": state.title,
-            "notes": state.notes,
-            "due_at": state.due_at,
-            "status": state.status,
-            "reminder_offsets": list(state.reminder_offsets),
-            "recurrence": state.recurrence.model_dump(exclude_none=True) if state.recurrence else None,
-            "timezone": state.timezone,
-            "recurrence_stopped": state.recurrence_stopped,
-            "request_hash": state.request_hash,
-            "version": state.version,
-            "created_at": state.created_at,
-            "updated_at": state.updated_at,
-        }
+        values = task_row(state)
         async with tenant_transaction(self.sessionmaker, state.organization_id) as session:
             connection = await session.connection()
             await connection.execute(_UPSERT_TASK, values)

@@ -21,6 +21,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import func, text
 
+from core.payloads import TASK_STATUSES, TaskState
+
 # Constraint names are predictable, so that migrations can name what they drop.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -29,8 +31,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-TASK_STATUSES = ("open", "done", "cancelled")
 
 
 class Base(DeclarativeBase):
@@ -67,6 +67,40 @@ class Task(Base):
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# -- a task's state and its row: the one mapping between the two ---------------------------------------
+
+# Columns that hold the state's field of the same name, as it is. A column added to Task without a field
+# of TaskState fails here, on import, not in a row that silently misses it.
+_SAME_AS_STATE = tuple(
+    column.key
+    for column in Task.__table__.columns
+    if column.key not in ("id", "reminder_offsets", "recurrence")
+)
+assert set(_SAME_AS_STATE) <= set(TaskState.model_fields), "every tasks column is a field of TaskState"
+
+
+def task_row(state: TaskState) -> dict[str, Any]:
+    """The ``tasks`` row of ``state``, as the workflow writes it (activities.tasks.save_task)."""
+    return {
+        "id": state.task_id,
+        "reminder_offsets": list(state.reminder_offsets),
+        "recurrence": state.recurrence.model_dump(exclude_none=True) if state.recurrence else None,
+        **{name: getattr(state, name) for name in _SAME_AS_STATE},
+    }
+
+
+def state_of(task: Task) -> TaskState:
+    """The state a row holds (what only the workflow keeps, its schedule and request ids, is left out)."""
+    return TaskState.model_validate(
+        {
+            "task_id": task.id,
+            "reminder_offsets": tuple(task.reminder_offsets),
+            "recurrence": task.recurrence,
+            **{name: getattr(task, name) for name in _SAME_AS_STATE},
+        }
+    )
 
 
 class Notification(Base):

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 # Imported here, not where used: the workflow sandbox refuses late imports, and rrulestr imports the
@@ -27,8 +27,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 TaskStatus = Literal["open", "done", "cancelled"]
+TASK_STATUSES: tuple[TaskStatus, ...] = get_args(TaskStatus)
 
 
 def exactly_one_of(*groups: tuple[str, ...]) -> Callable[[dict[str, Any]], None]:
@@ -252,31 +254,58 @@ DELIVER_AHEAD = timedelta(milliseconds=250)
 
 
 TaskAction = Literal["edit", "reschedule", "snooze", "complete", "cancel"]
+ClearableField = Literal["notes", "recurrence"]
 
 
 class TaskChange(BaseModel):
     """One change of a task: the input of the ``change`` update (REST) and of every signal.
 
     Signals carry the same fields as JSON; ``action`` comes from the signal's name. Fields left out
-    (None) are unchanged.
+    (None) are unchanged; the fields named in ``clear`` are emptied: the one way to clear a field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     action: TaskAction
     title: Text | None = Field(None, min_length=1, max_length=200)
-    notes: Text | None = Field(None, max_length=10_000, description='"" clears the notes.')
+    notes: Text | None = Field(None, max_length=10_000)
     due_at: Instant | None = None
     until: Instant | None = Field(None, description="snooze: the new due time")
     minutes: int | None = Field(None, ge=1, le=366 * 24 * 60, description="snooze: minutes from now")
     reminder_offsets: tuple[int, ...] | None = None
     recurrence: NewRecurrence | None = None
-    clear_recurrence: bool = False
+    clear: tuple[ClearableField, ...] = Field((), description='Fields to empty, e.g. ["notes"].')
+    # How the series was ended before `clear`: recorded histories and older senders carry it, so it is
+    # still read, and folded into `clear` (_legacy_clear); nothing reads the flag itself.
+    clear_recurrence: SkipJsonSchema[bool] = Field(False, exclude=True)
     timezone: str | None = None
     # Optional on signals: when given, it must be the task's organization.
     organization_id: str | None = Field(None, max_length=64)
     # Optional: a change with an id seen recently is applied once.
     request_id: str | None = Field(None, max_length=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_clear(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("clear_recurrence") is True
+            and isinstance(data.get("clear", ()), list | tuple)
+        ):
+            return {**data, "clear": (*data.get("clear", ()), "recurrence")}
+        return data
+
+    @field_validator("clear")
+    @classmethod
+    def _once_each(cls, value: tuple[ClearableField, ...]) -> tuple[ClearableField, ...]:
+        return tuple(sorted(set(value)))
+
+    @model_validator(mode="after")
+    def _given_or_cleared(self) -> TaskChange:
+        for name in self.clear:
+            if getattr(self, name) is not None:
+                raise ValueError(f"`{name}` is both given and cleared")
+        return self
 
     @field_validator("reminder_offsets")
     @classmethod
@@ -349,5 +378,9 @@ SIGNALS: tuple[TaskAction, ...] = ("reschedule", "snooze", "complete", "cancel")
 SAVE_TASK = "save_task"
 DELIVER_REMINDER = "deliver_reminder"
 NEXT_OCCURRENCE = "next_occurrence"
+# The types of the ApplicationError with which the change update refuses a change (web/tasks/service.py
+# answers 409 and 422 for them).
+CHANGE_CONFLICTS = "Conflict"  # the change does not fit the task's state (it is done or cancelled)
+CHANGE_INVALID = "Invalid"  # the change itself cannot apply (a reschedule without a time)
 # The type of the non-retryable failure of NEXT_OCCURRENCE whose rule cannot be used: the series stops.
 RECURRENCE_UNUSABLE = "RecurrenceUnusable"

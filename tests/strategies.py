@@ -104,6 +104,7 @@ change_fields = {
     "notes": texts,
     "reminder_offsets": st.lists(ints, max_size=12) | json_values,
     "recurrence": recurrences,
+    "clear": st.lists(st.sampled_from(["notes", "recurrence", "title"])) | json_values,
     "clear_recurrence": st.booleans() | json_values,
     "timezone": zones | json_values,
     "organization_id": texts,

@@ -154,7 +154,7 @@ async def test_a_duplicated_delivery_makes_one_row_and_one_event(
 async def test_each_published_row_names_the_users_row_before_it(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
-    """The chain that lets streams send a row straight from its message (web/stream/routes.py)."""
+    """The chain that lets streams send a row straight from its message (web/stream/service.py)."""
     org = new_org()
     tasks = [task_row(org=org, user="7"), task_row(org=org, user="7")]
     async with tenant_transaction(sessionmaker, org) as session:

@@ -1,4 +1,4 @@
-"""The README stays true to the code: every setting in its table, every signal documented."""
+"""The README stays true to the code: every setting in its table, every signal and every doc named."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def test_every_setting_is_in_the_readme_table() -> None:
 def test_every_signal_is_documented() -> None:
     for name in SIGNALS:
         assert f"| `{name}` |" in README, f"document the `{name}` signal and its payload in the README"
+
+
+def test_the_readme_names_every_file_in_docs() -> None:
+    docs = Path(__file__).parent.parent / "docs"
+    for path in sorted(docs.iterdir()):
+        assert f"`{path.name}`" in README or f"docs/{path.name}" in README, (
+            f"name docs/{path.name} in the README"
+        )

@@ -20,6 +20,8 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from core.payloads import (
+        CHANGE_CONFLICTS,
+        CHANGE_INVALID,
         CHANGE_UPDATE,
         DELIVER_AHEAD,
         DELIVER_REMINDER,
@@ -56,7 +58,8 @@ class ChangeRejected(ApplicationError):
     """A change that does not fit the task's state; the REST API answers 409 or 422 with its message."""
 
     def __init__(self, message: str, *, conflict: bool) -> None:
-        super().__init__(message, type="Conflict" if conflict else "Invalid", non_retryable=True)
+        kind = CHANGE_CONFLICTS if conflict else CHANGE_INVALID
+        super().__init__(message, type=kind, non_retryable=True)
 
 
 def check_change(state: TaskState, change: TaskChange, now: datetime) -> None:
@@ -157,7 +160,7 @@ class TaskWorkflow:
 
     @change.validator
     def _validate_change(self, change: TaskChange) -> None:
-        if change.request_id is None or change.request_id not in self.state.recent_request_ids:
+        if not self._seen(change):
             check_change(self.state, change, workflow.now())
 
     # Signals for other services, e.g. `temporal workflow signal --name reschedule --input '{"due_at": ...}'`.
@@ -185,7 +188,7 @@ class TaskWorkflow:
             if payload is not None and not isinstance(payload, dict):
                 raise ChangeRejected("the payload must be a JSON object", conflict=False)
             change = TaskChange.model_validate({**(payload or {}), "action": action})
-            if change.request_id is None or change.request_id not in self.state.recent_request_ids:
+            if not self._seen(change):
                 check_change(self.state, change, workflow.now())
         except (ValidationError, ChangeRejected) as exc:
             workflow.logger.warning("rejected %s signal for task %s: %s", action, self.state.task_id, exc)
@@ -197,11 +200,15 @@ class TaskWorkflow:
 
     # -- state changes -------------------------------------------------------------------------------
 
+    def _seen(self, change: TaskChange) -> bool:
+        """A change with a request id seen recently was applied already: it applies once."""
+        return change.request_id is not None and change.request_id in self.state.recent_request_ids
+
     def _apply(self, change: TaskChange) -> None:
+        if self._seen(change):
+            return
         state = self.state
         if change.request_id is not None:
-            if change.request_id in state.recent_request_ids:
-                return
             ids = (*state.recent_request_ids, change.request_id)[-RECENT_REQUEST_IDS:]
             state = state.model_copy(update={"recent_request_ids": ids})
         now = workflow.now()
@@ -225,8 +232,8 @@ class TaskWorkflow:
             if change.recurrence is not None:
                 fields["recurrence"] = change.recurrence
                 fields["recurrence_stopped"] = None
-            elif change.clear_recurrence:
-                fields["recurrence"] = None
+            for name in change.clear:
+                fields[name] = None
         self.state = state
         self._change(now, **fields)
 

@@ -1,14 +1,14 @@
 """deliver_notification(): a reminder's whole write in one round trip.
 
 A delivery was five round trips on the reminder's critical path (BEGIN, the organization setting, the
-task with its lock, the insert, COMMIT): 2.0 ms at the median and 1.4 ms of the worker's CPU. As one
-function called outside an explicit transaction it is one: 0.8 ms and 0.5 ms (docs/performance.md).
+task with its lock, the insert, COMMIT). As one function called outside an explicit transaction it is
+one (what that saves is measured in docs/performance.md, decisions §16).
 It runs as its caller (`tickler_app`), so row-level security applies as before: it names the
 organization first (local to the statement's transaction), then reads the task by id AND organization.
 
 Each statement in a volatile PL/pgSQL function takes a new snapshot, so the insert, which starts after
 the user's lock is held, sees every earlier row of that user: the predecessor it returns is final (the
-streams' shortcut, web/stream/routes.py). Identity ids are drawn at insert, not at commit; the lock
+streams' shortcut, web/stream/service.py). Identity ids are drawn at insert, not at commit; the lock
 makes one user's rows commit in id order.
 
 Outcomes: 'new' (the row, with the id of the user's row before it), 'existing' (a retried delivery:

@@ -94,7 +94,7 @@ class FakeActivities:
 
     @activity.defn(name=NEXT_OCCURRENCE)
     async def next_occurrence(self, input: NextOccurrenceInput) -> datetime | None:
-        # In this process, bounded in steps only: the real one runs the rule in a child (tests/activities).
+        # In this process, bounded in steps only: the real one (activities/tasks.py) runs it in a child.
         try:
             return recurrence.next_occurrence(input.recurrence, input.timezone, input.after)
         except recurrence.RuleUnusable as exc:
@@ -102,7 +102,8 @@ class FakeActivities:
 
     @activity.defn(name=DELIVER_REMINDER)
     async def deliver_reminder(self, input: DeliverReminderInput) -> int:
-        # As the real one (tests/activities): wait for the instant, on this server's skipped clock.
+        # As the real one (activities/tasks.py, tested in tests/test_delivery.py): wait for the instant,
+        # on this server's skipped clock.
         now = await self.env.get_current_time()
         if input.not_before is not None and now < input.not_before:
             await self.env.sleep(input.not_before - now)

@@ -13,8 +13,8 @@ from temporalio.worker import Replayer
 
 from workflows.task import TaskWorkflow
 
-# Top level: today's recordings. Sub-folders: histories of earlier code that running workflows may still
-# have (activity-delivery/: before the PRECISE_DELIVERY patch); they must replay as long as it is kept.
+# Top level: today's recordings. Sub-folders: histories of earlier behaviour that running workflows may
+# still have (activity-delivery/: version 1, decisions §12); they replay as long as that branch is kept.
 ROOT = Path(__file__).parent / "histories"
 HISTORIES = sorted(ROOT.rglob("*.json"))
 

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from quart import Blueprint, Response
 from quart_schema import validate_headers, validate_querystring, validate_request, validate_response
 
-from core.payloads import TaskChange
+from core.models import state_of
+from core.payloads import ClearableField, TaskChange
 from web.auth import authenticated, principal
 from web.problems import Header, problems, responds
 from web.resources import resources
@@ -61,7 +62,7 @@ async def create_task(data: TaskCreate, headers: CreateHeaders) -> tuple[TaskOut
 async def list_tasks(query_args: TaskQuery) -> TaskPage:
     """Tasks of your organization, soonest due first, a page at a time."""
     rows, cursor = await service.list_tasks(resources(), principal(), query_args)
-    return TaskPage(items=[TaskOut.model_validate(r, from_attributes=True) for r in rows], next_cursor=cursor)
+    return TaskPage(items=[TaskOut.from_state(state_of(row)) for row in rows], next_cursor=cursor)
 
 
 @blueprint.get("/<uuid:task_id>")
@@ -71,7 +72,7 @@ async def list_tasks(query_args: TaskQuery) -> TaskPage:
 async def get_task(task_id: uuid.UUID) -> TaskOut:
     """One task of your organization."""
     task = await service.get_task(resources(), principal(), task_id)
-    return TaskOut.model_validate(task, from_attributes=True)
+    return TaskOut.from_state(state_of(task))
 
 
 @blueprint.patch("/<uuid:task_id>")
@@ -81,15 +82,20 @@ async def get_task(task_id: uuid.UUID) -> TaskOut:
 @validate_response(TaskOut)
 async def update_task(task_id: uuid.UUID, data: TaskUpdate) -> TaskOut:
     """Change a task; a new `due_at` reschedules every reminder. 409 if the task is done or cancelled."""
-    sent = data.model_fields_set
+    # `null` in the body empties the field.
+    cleared: tuple[ClearableField, ...] = tuple(
+        name
+        for name in ("notes", "recurrence")
+        if name in data.model_fields_set and getattr(data, name) is None
+    )
     change = TaskChange(
         action="edit",
         title=data.title,
-        notes=("" if data.notes is None else data.notes) if "notes" in sent else None,
+        notes=data.notes,
         due_at=data.due_at,
         reminder_offsets=tuple(data.reminder_offsets) if data.reminder_offsets is not None else None,
         recurrence=data.recurrence,
-        clear_recurrence="recurrence" in sent and data.recurrence is None,
+        clear=cleared,
         timezone=data.timezone,
     )
     return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))

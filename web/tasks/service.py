@@ -33,8 +33,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.auth import Principal
 from core.db import tenant_transaction
 from core.errors import Conflict, NotFound, Unavailable, Unprocessable
-from core.models import Task
+from core.models import Task, state_of
 from core.payloads import (
+    CHANGE_CONFLICTS,
+    CHANGE_INVALID,
     CHANGE_UPDATE,
     SYNC_UPDATE,
     TASK_WORKFLOW,
@@ -121,7 +123,7 @@ async def create_task(
         existing = await _find(res, who, task_id)
         if existing is not None:
             _same_request(existing.request_hash, request_hash)
-            return _state_of(existing), False
+            return state_of(existing), False
     if body.recurrence is not None:
         await _check_recurrence(res, body.recurrence, body.timezone, body.due_at)
     state = TaskState(
@@ -164,13 +166,16 @@ async def create_task(
         if row is None:
             raise Conflict("This task's workflow has closed; use a new Idempotency-Key.") from None
         _same_request(row.request_hash, request_hash)
-        return _state_of(row), False
+        return state_of(row), False
     _same_request(saved.request_hash, request_hash)
     return saved, saved.created_at == now
 
 
 async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change: TaskChange) -> TaskState:
-    """Send a change to the task's workflow; it answers once the row shows it."""
+    """Send a change to the task's workflow; it answers once the row shows it. The change names the
+    caller's organization, so that the workflow refuses it for a task of another one, as it does a
+    signal's (the read below answers 404 for such a task first)."""
+    change = change.model_copy(update={"organization_id": who.organization_id})
     row = await get_task(res, who, task_id)
     if change.recurrence is not None:
         await _check_recurrence(
@@ -181,9 +186,9 @@ async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change
         return await _confirmed(res, handle.execute_update(CHANGE_UPDATE, change, result_type=TaskState))
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
-        if isinstance(cause, ApplicationError) and cause.type == "Conflict":
+        if isinstance(cause, ApplicationError) and cause.type == CHANGE_CONFLICTS:
             raise Conflict(f"The task cannot change: {cause.message}.") from exc
-        if isinstance(cause, ApplicationError) and cause.type == "Invalid":
+        if isinstance(cause, ApplicationError) and cause.type == CHANGE_INVALID:
             raise Unprocessable(f"The change is invalid: {cause.message}.") from exc
         raise
     except Unavailable as exc:
@@ -206,12 +211,6 @@ async def get_task(res: Resources, who: Principal, task_id: uuid.UUID) -> Task:
     if task is None:
         raise NotFound(f"No task {task_id} in your organization.")
     return task
-
-
-def _state_of(task: Task) -> TaskState:
-    columns = {column.key: getattr(task, column.key) for column in Task.__table__.columns}
-    columns["task_id"] = columns.pop("id")
-    return TaskState.model_validate(columns)
 
 
 # -- the list: keyset pagination in (due_at, id) order, stable under inserts ----------------------------

@@ -1,0 +1,132 @@
+"""The stream's work behind its route: what to send a user, from PostgreSQL and from the hub.
+
+PostgreSQL is the log; a message from the hub only wakes the stream up. The stream subscribes first,
+then sends every row after the last id (Last-Event-ID, or the newest id when the client brings none),
+and on each wake-up sends the rows after the last id it sent. Ids of one user commit in id order (the
+delivery activity takes a per-user lock), so "after the last id sent" never skips nor repeats a row,
+whatever Redis loses, repeats or reorders. A message that names the row before it (``previous_id``)
+as the last one sent is the next row itself and goes out without a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from quart import json
+from sqlalchemy import func, select
+
+from core.auth import Principal
+from core.db import tenant_transaction
+from core.errors import TooManyRequests
+from core.models import Notification, notification_message
+from web.resources import Resources
+from web.stream.hub import Control
+from web.stream.sse import HEARTBEAT, format_event, format_retry
+
+REPLAY_BATCH = 200
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+
+
+def parse_last_event_id(raw: str | None) -> int | None:
+    """A garbage id means "no replay": it must reveal nothing, nor fail."""
+    # ASCII digits only: str.isdigit() also accepts "²" or "٣", on which int() fails or surprises.
+    if raw is None or not _EVENT_ID.fullmatch(raw.strip()):
+        return None
+    value = int(raw.strip())
+    return value if value < 2**63 else None
+
+
+async def _rows_after(res: Resources, who: Principal, after: int) -> AsyncIterator[Notification]:
+    while True:
+        async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
+            rows = (
+                await session.scalars(
+                    select(Notification)
+                    .where(
+                        Notification.organization_id == who.organization_id,
+                        Notification.user_id == who.user_id,
+                        Notification.id > after,
+                    )
+                    .order_by(Notification.id)
+                    .limit(REPLAY_BATCH)
+                )
+            ).all()
+        for row in rows:
+            after = row.id
+            yield row
+        if len(rows) < REPLAY_BATCH:
+            return
+
+
+async def _newest_id(res: Resources, who: Principal) -> int:
+    async with tenant_transaction(res.sessionmaker, who.organization_id) as session:
+        newest = await session.scalar(
+            select(func.max(Notification.id)).where(
+                Notification.organization_id == who.organization_id, Notification.user_id == who.user_id
+            )
+        )
+    return newest or 0
+
+
+def _notification_event(row: Notification) -> bytes:
+    return format_event(json.dumps(notification_message(row)), event="notification", id=str(row.id))
+
+
+async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIterator[bytes]:
+    settings = res.settings
+    # Subscribed before the first query, so that what commits meanwhile wakes the stream up.
+    sub = res.hub.subscribe(who.organization_id, who.user_id)
+    try:
+        yield format_retry(settings.sse_retry_ms)
+        # With an id from the client, send what came after it; without, start from the newest row.
+        catch_up = last_id is not None
+        if last_id is None:
+            last_id = await _newest_id(res, who)
+        while True:
+            if catch_up:
+                async for row in _rows_after(res, who, last_id):
+                    last_id = row.id
+                    yield _notification_event(row)
+                catch_up = False
+            left = (who.expires_at - datetime.now(UTC)).total_seconds()
+            if left <= 0:
+                # The token behind this stream has expired: end it; the client must sign in again.
+                yield format_event("{}", event="session.expired")
+                return
+            try:
+                # No task per stream: the stream's own coroutine waits on its queue (memory per stream).
+                async with asyncio.timeout(min(settings.sse_heartbeat_seconds, left)):
+                    item = await sub.queue.get()
+            except TimeoutError:
+                if left > settings.sse_heartbeat_seconds:
+                    yield HEARTBEAT
+                continue
+            if item is Control.CLOSE:
+                return
+            if item is Control.RESYNC:
+                catch_up = True
+            elif item.id is None:
+                # An event with no row of its own (e.g. a read-state change): forwarded as it is.
+                yield format_event(json.dumps(item.data), event=item.event)
+            elif item.previous_id == last_id:
+                # The next row of the user's log, carried whole: no query (the common case).
+                last_id = item.id
+                yield format_event(json.dumps(item.data), event=item.event, id=str(item.id))
+            else:
+                catch_up = item.id > last_id
+    finally:
+        # Runs on a client disconnect too (CancelledError at the await above, re-raised after this).
+        res.hub.unsubscribe(sub)
+
+
+def check_stream_limit(res: Resources, who: Principal) -> None:
+    """A user holds at most TICKLER_SSE_MAX_STREAMS_PER_USER streams in this process."""
+    if res.hub.streams_of(who.organization_id, who.user_id) >= res.settings.sse_max_streams_per_user:
+        raise TooManyRequests(
+            f"You have {res.settings.sse_max_streams_per_user} streams open already; close one, or share "
+            "one stream between your tabs.",
+            retry_after=max(1, res.settings.sse_retry_ms // 1000),
+        )
