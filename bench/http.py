@@ -1,9 +1,9 @@
 """A minimal HTTP/1.1 client on asyncio streams, for the load generator only.
 
-httpx costs this client ~5 ms of CPU per request with 32 requests in flight (its pool scans its
-connections at each step): on a 2-core machine that made the bench, not the server, the bottleneck (the
-baseline "created" 140 tasks/s). This one keeps each connection alive, prebuilds its request bytes and
-parses only what it needs: Content-Length or chunked bodies, nothing else.
+With many requests in flight httpx's pool scans its connections at each step: its CPU made the bench,
+not the server, the bottleneck (docs/performance.md, "The load generator"). This one keeps each
+connection alive, prebuilds its request bytes and parses only what it needs: Content-Length or chunked
+bodies, nothing else.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def versions() -> dict[str, Any]:
     for name in PACKAGES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
-    found["temporal_cli"] = _run([devstack._temporal_executable(), "--version"])
+    found["temporal_cli"] = _run([devstack.temporal_executable(), "--version"])
     found["node"] = _run(["node", "--version"])
     for package in ("bullmq", "ioredis", "pg"):
         with contextlib.suppress(OSError, ValueError):

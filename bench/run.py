@@ -6,7 +6,6 @@ alternating which system goes first; fan-out and idle run on Tickler alone. Syst
   tickler            `python -m tickler worker` and `python -m tickler web`, as `make run` starts them
   tickler:KNOBS      the same web, and bench/worker.py with other worker options (a variant of
                      bench.worker.VARIANTS, or key=value,...), e.g. tickler:tuned
-  tickler:...+web-uvloop  the web process on uvloop (bench/web.py), e.g. tickler:stock+web-uvloop
   baseline           BullMQ delayed jobs + a Node worker and SSE server (bench/baseline/)
   baseline:hz100     the same with Redis `hz 100` while it runs
 """
@@ -19,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import resource
 import shlex
 import shutil
 import sys
@@ -26,7 +26,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import uvloop
 
 from bench import report as reporting
 from bench import scenarios
-from bench.stack import ROOT, App, Stack, raise_file_limit, terminate_on_sigterm
+from bench.stack import ROOT, App, Stack, terminate_on_sigterm
 from bench.stats import median_of
 
 COMPARED = ("create", "spread", "burst")
@@ -87,11 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def start_system(stack: Stack, system: str) -> App:
     kind, _, variant = system.partition(":")
     if kind == "tickler":
-        # "+web-uvloop" runs the web process on uvloop (bench/web.py); the rest names worker knobs.
-        variant, web_uvloop = variant.removesuffix("+web-uvloop"), variant.endswith("+web-uvloop")
-        variant = variant.removesuffix("stock")
         worker = [sys.executable, "-m", "bench.worker", "--knobs", variant] if variant else None
-        return await asyncio.to_thread(partial(stack.start_tickler, worker, web_uvloop=web_uvloop))
+        return await asyncio.to_thread(stack.start_tickler, worker)
     if kind == "baseline":
         if variant == "hz100":
             await _redis_hz(stack, 100)
@@ -264,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.strftime("%Y%m%d-%H%M%S")
     out_dir: Path = args.out or ROOT / "bench" / "results" / started
-    file_limit = raise_file_limit()
+    # Thousands of streams need as many file descriptors, in the web process and the fan-out clients:
+    # every process started from here inherits the limit.
+    _, file_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (file_limit, file_limit))
     data_dir = Path(tempfile.mkdtemp(prefix="tickler-bench-"))
     temporal_config = dict(item.split("=", 1) for item in args.temporal_config)
     stack = Stack(data_dir, out_dir / "logs", temporal_config)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -34,19 +33,6 @@ BASELINE_DIR = Path(__file__).resolve().parent / "baseline"
 # Long enough for every scenario: a stream ends when its token expires.
 TOKEN_TTL_SECONDS = 6 * 3600
 JWT_SECRET = "bench-secret-" + "x" * 32
-
-
-def raise_file_limit() -> int:
-    """Raise RLIMIT_NOFILE to its hard limit (for this process and what it starts); return the limit."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def _raise_file_limit() -> None:
-    # Thousands of streams need thousands of file descriptors.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -79,14 +65,10 @@ class Stack:
         self.database_url = self.servers["postgres"].address
         self.servers["redis"] = devstack.start_redis(self.data_dir, devstack.free_port())
         self.redis_url = self.servers["redis"].address
-        # A lever to try: extra dynamic config on the dev server (the dict is read at each start).
-        saved = dict(devstack.TEMPORAL_DYNAMIC_CONFIG)
-        devstack.TEMPORAL_DYNAMIC_CONFIG.update(self.temporal_config)
-        try:
-            self.servers["temporal"] = devstack.start_temporal(self.data_dir, devstack.free_port(), None)
-        finally:
-            devstack.TEMPORAL_DYNAMIC_CONFIG.clear()
-            devstack.TEMPORAL_DYNAMIC_CONFIG.update(saved)
+        # A lever to try: extra dynamic config on the dev server.
+        self.servers["temporal"] = devstack.start_temporal(
+            self.data_dir, devstack.free_port(), None, self.temporal_config
+        )
         self.temporal_address = self.servers["temporal"].address
         upgrade(self.database_url)
 
@@ -132,17 +114,14 @@ class Stack:
         # Keyword arguments win over the environment and .env, as the variables do in the children.
         return Settings(**fields)
 
-    def start_tickler(self, worker: list[str] | None = None, *, web_uvloop: bool = False) -> App:
+    def start_tickler(self, worker: list[str] | None = None) -> App:
         """Tickler's worker (``python -m tickler worker``, or a bench variant) and web process."""
         port = devstack.free_port()
         env = self.tickler_env(port)
         worker_argv = worker or [sys.executable, "-m", "tickler", "worker"]
-        web_argv = (
-            [sys.executable, "-m", "bench.web"] if web_uvloop else [sys.executable, "-m", "tickler", "web"]
-        )
         processes = {
             "worker": self._spawn("tickler-worker", worker_argv, env),
-            "web": self._spawn("tickler-web", web_argv, env),
+            "web": self._spawn("tickler-web", [sys.executable, "-m", "tickler", "web"], env),
         }
         app = App("tickler", f"http://127.0.0.1:{port}", processes)
         self.apps.append(app)
@@ -188,9 +167,8 @@ class Stack:
     # -- processes ---------------------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> devstack.ManagedProcess:
-        return devstack.spawn(
-            name, argv, log_path=self.log_dir / f"{name}.log", cwd=ROOT, env=env, in_child=_raise_file_limit
-        )
+        # They inherit the file limit that bench.run raised.
+        return devstack.spawn(name, argv, log_path=self.log_dir / f"{name}.log", cwd=ROOT, env=env)
 
     def _wait_healthy(self, app: App, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

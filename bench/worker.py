@@ -2,15 +2,14 @@
 
     python -m bench.worker --knobs wf_pollers=20,act_pollers=20,ratio=1,sandbox=0,cache=10000,uvloop=1
 
-It runs the product's workflow and activities (workflows.task.TaskWorkflow, activities.tasks
-.TaskActivities) with the product's clients and settings; only the temporalio Worker's options differ.
-Knobs: wf_pollers, act_pollers (maximum pollers), ratio (nonsticky_to_sticky_poll_ratio), sandbox (0 =
-UnsandboxedWorkflowRunner, 2 = the sandbox passing every module through), cache (max_cached_workflows),
-wf_slots, act_slots, la_slots (max concurrent workflow tasks, activities, local activities), eager (0
-disables eager activity execution), uvloop, freeze (0: leave the start-up heap in garbage collection,
-which the product freezes), gapgc (0: CPython's full collections instead of the product's, between
-deliveries), gc0 / gc1 / gc2 (gc.set_threshold; gc2 only counts with gapgc=0), pool (database
-connections kept per process).
+It is the product's worker process (tickler.worker.run_worker) with other options: only what the knobs
+name differs. Knobs: wf_pollers, act_pollers (maximum pollers), ratio (nonsticky_to_sticky_poll_ratio),
+sandbox (0 = UnsandboxedWorkflowRunner, 2 = the sandbox passing every module through), cache
+(max_cached_workflows), wf_slots, act_slots, la_slots (max concurrent workflow tasks, activities, local
+activities), eager (0 disables eager activity execution), uvloop, freeze (0: leave the start-up heap in
+garbage collection, which the product freezes), gapgc (0: CPython's full collections instead of the
+product's, between deliveries), gc0 / gc1 / gc2 (gc.set_threshold; gc2 only counts with gapgc=0), pool
+(database connections kept per process).
 """
 
 from __future__ import annotations
@@ -19,22 +18,13 @@ import argparse
 import asyncio
 import gc
 import logging
-import signal
-from typing import Any
 
-from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
-
-from activities.tasks import TaskActivities
-from core.db import make_engine, make_sessionmaker
-from core.gcwatch import Deliveries, collection_schedule
-from core.pubsub import make_redis
-from core.recurrence import RuleRunner
 from core.settings import get_settings
-from core.temporal import connect
-from workflows.task import TaskWorkflow
+from tickler.worker import Sandbox, WorkerOptions, run_worker
 
 log = logging.getLogger("bench.worker")
+
+SANDBOX: dict[float, Sandbox] = {0: "off", 1: "on", 2: "pass-through"}
 
 PRODUCT = "wf_pollers=20,act_pollers=5,ratio=1,sandbox=0,cache=10000,uvloop=1"
 
@@ -69,74 +59,23 @@ def parse_knobs(text: str) -> dict[str, float]:
     return knobs
 
 
-def worker_options(knobs: dict[str, float]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if "wf_pollers" in knobs:
-        options["workflow_task_poller_behavior"] = PollerBehaviorSimpleMaximum(int(knobs["wf_pollers"]))
-    if "act_pollers" in knobs:
-        options["activity_task_poller_behavior"] = PollerBehaviorSimpleMaximum(int(knobs["act_pollers"]))
-    if "ratio" in knobs:
-        options["nonsticky_to_sticky_poll_ratio"] = knobs["ratio"]
-    if knobs.get("sandbox", 1) == 0:
-        options["workflow_runner"] = UnsandboxedWorkflowRunner()
-    elif knobs.get("sandbox", 1) == 2:
-        restrictions = SandboxRestrictions.default.with_passthrough_all_modules()
-        options["workflow_runner"] = SandboxedWorkflowRunner(restrictions=restrictions)
-    if "cache" in knobs:
-        options["max_cached_workflows"] = int(knobs["cache"])
-    for knob, option in (
-        ("wf_slots", "max_concurrent_workflow_tasks"),
-        ("act_slots", "max_concurrent_activities"),
-        ("la_slots", "max_concurrent_local_activities"),
-    ):
-        if knob in knobs:
-            options[option] = int(knobs[knob])
-    if knobs.get("eager", 1) == 0:
-        options["disable_eager_activity_execution"] = True
-    return options
+def worker_options(knobs: dict[str, float]) -> WorkerOptions:
+    def whole(knob: str) -> int | None:
+        return int(knobs[knob]) if knob in knobs else None
 
-
-async def run(knobs: dict[str, float]) -> None:
-    settings = get_settings()
-    if "pool" in knobs:
-        settings = settings.model_copy(update={"database_pool_size": int(knobs["pool"])})
-    engine = make_engine(settings, application_name="tickler-worker")
-    redis = make_redis(settings)
-    rules = RuleRunner()
-    try:
-        client = await connect(settings)
-        deliveries = Deliveries()
-        activities = TaskActivities(
-            make_sessionmaker(engine), redis, settings.redis_channel, deliveries, rules=rules
-        )
-        worker = Worker(
-            client,
-            task_queue=settings.temporal_task_queue,
-            workflows=[TaskWorkflow],
-            activities=[activities.save_task, activities.next_occurrence, activities.deliver_reminder],
-            **worker_options(knobs),
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if any(f"gc{g}" in knobs for g in range(3)):
-            now = gc.get_threshold()
-            gc.set_threshold(*(int(knobs.get(f"gc{g}", now[g])) for g in range(3)))
-        schedule = collection_schedule(
-            warn_after_seconds=settings.gc_pause_warning_ms / 1000,
-            between=deliveries if knobs.get("gapgc", 1) else None,
-            freeze=bool(knobs.get("freeze", 1)),
-        )
-        async with worker, schedule as frozen:
-            log.warning(
-                "bench worker polling %r with %s (%d frozen)", settings.temporal_task_queue, knobs, frozen
-            )
-            await stop.wait()
-    finally:
-        rules.close()
-        await redis.aclose()
-        await engine.dispose()
+    return WorkerOptions(
+        workflow_pollers=whole("wf_pollers"),
+        activity_pollers=whole("act_pollers"),
+        sticky_poll_ratio=knobs.get("ratio"),
+        cached_workflows=whole("cache"),
+        sandbox=SANDBOX.get(knobs.get("sandbox", 1), "on"),
+        workflow_task_slots=whole("wf_slots"),
+        activity_slots=whole("act_slots"),
+        local_activity_slots=whole("la_slots"),
+        eager_activities=bool(knobs.get("eager", 1)),
+        gc_between_deliveries=bool(knobs.get("gapgc", 1)),
+        freeze_startup_heap=bool(knobs.get("freeze", 1)),
+    )
 
 
 def main() -> None:
@@ -144,12 +83,21 @@ def main() -> None:
     parser.add_argument("--knobs", default="", help="a variant name or key=value,... (see the docstring)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-5s %(name)s: %(message)s")
+    # The worker's start-up line says how much it froze.
+    logging.getLogger("tickler.worker").setLevel(logging.INFO)
     knobs = parse_knobs(args.knobs)
+    settings = get_settings()
+    if "pool" in knobs:
+        settings = settings.model_copy(update={"database_pool_size": int(knobs["pool"])})
+    if any(f"gc{g}" in knobs for g in range(3)):
+        now = gc.get_threshold()
+        gc.set_threshold(*(int(knobs.get(f"gc{g}", now[g])) for g in range(3)))
+    log.warning("bench worker with %s", knobs)
     if knobs.get("uvloop"):
         import uvloop
 
         uvloop.install()
-    asyncio.run(run(knobs))
+    asyncio.run(run_worker(settings, worker_options(knobs)))
 
 
 if __name__ == "__main__":

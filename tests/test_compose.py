@@ -21,6 +21,7 @@ import yaml
 from pydantic import SecretStr
 
 from core.settings import Settings
+from core.temporal import SEARCH_ATTRIBUTES
 from tickler.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,13 +43,6 @@ EXPECTED_SERVICES = frozenset(
 )
 NEEDS_HEALTHCHECK = ("postgres", "redis", "temporal", "worker", "web")
 DEPENDS_ON_CONDITIONS = frozenset({"service_started", "service_healthy", "service_completed_successfully"})
-# Custom search attributes the task workflows upsert; temporal-setup must register each with its type.
-SEARCH_ATTRIBUTES = {
-    "OrganizationId": "Keyword",
-    "AssigneeId": "Keyword",
-    "TaskStatus": "Keyword",
-    "DueAt": "Datetime",
-}
 
 # `${NAME}`, `${NAME:-default}`, `${NAME:?error}`; `$${...}` is an escaped literal, not a reference.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -371,6 +365,7 @@ def test_worker_and_web_wait_for_migrations_and_search_attributes(
 
 
 def test_temporal_setup_registers_the_search_attributes(services: dict[str, dict[str, Any]]) -> None:
+    """The custom search attributes the task workflows upsert (core/temporal.py), each with its type."""
     script = " ".join(command_of(services["temporal-setup"]))
     assert "search-attribute create" in script, (
         "temporal-setup: register attributes with `temporal operator search-attribute create`"

@@ -44,9 +44,9 @@ def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from tickler.stack import run_stack
+    from tickler.run import run_stack
 
-    return run_stack(settings)
+    return run_stack(settings, args.replicas)
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,12 +76,30 @@ def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    run = commands.add_parser(
         "run", help="the whole development stack: PostgreSQL, Redis, Temporal, migrations, worker, web"
-    ).set_defaults(func=_cmd_run)
+    )
+    run.add_argument(
+        "--replicas",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help=(
+            "N >= 2: N workers and N web processes (on the N ports after TICKLER_WEB_PORT) behind HAProxy, "
+            "which takes TICKLER_WEB_PORT (default: 1, no proxy)"
+        ),
+    )
+    run.set_defaults(func=_cmd_run)
     commands.add_parser("worker", help="the Temporal worker").set_defaults(func=_cmd_worker)
     commands.add_parser("web", help="the REST API and the stream (Hypercorn)").set_defaults(func=_cmd_web)
     migrate = commands.add_parser("migrate", help="apply the database migrations")

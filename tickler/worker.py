@@ -1,4 +1,8 @@
-"""The Temporal worker process: wires the task workflow to its activities and their clients."""
+"""The Temporal worker process: wires the task workflow to its activities and their clients.
+
+`tickler worker` runs it with the options its settings give; the bench (bench/worker.py) runs the same
+process with others, to measure what each one is worth.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
@@ -23,28 +29,89 @@ from workflows.task import TaskWorkflow
 
 log = logging.getLogger(__name__)
 
+# "pass-through": sandboxed, but every module passed through instead of re-imported.
+Sandbox = Literal["on", "off", "pass-through"]
 
-def build_worker(client: Client, settings: Settings, activities: TaskActivities) -> Worker:
-    """The worker, tuned by settings (docs/performance.md says what each gave)."""
-    # The sandbox re-imports the workflow's modules for every new workflow and proxies each access:
-    # about half the worker's CPU (docs/performance.md). The tests run it, so its checks still apply.
-    runner = SandboxedWorkflowRunner() if settings.worker_sandboxed else UnsandboxedWorkflowRunner()
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the worker is tuned. None leaves the SDK's default; ``of(settings)`` gives the product's
+    (docs/performance.md says what each gave)."""
+
+    workflow_pollers: int | None = None
+    activity_pollers: int | None = None
+    # Polls of the shared queue per poll of the worker's own (nonsticky_to_sticky_poll_ratio).
+    sticky_poll_ratio: float | None = None
+    cached_workflows: int | None = None
+    sandbox: Sandbox = "on"
+    workflow_task_slots: int | None = None
+    activity_slots: int | None = None
+    local_activity_slots: int | None = None
+    eager_activities: bool = True
+    # Off: CPython's own schedule of full garbage collections, and the start-up heap left in them.
+    gc_between_deliveries: bool = True
+    freeze_startup_heap: bool = True
+
+    @classmethod
+    def of(cls, settings: Settings) -> WorkerOptions:
+        return cls(
+            workflow_pollers=settings.worker_workflow_pollers,
+            activity_pollers=settings.worker_activity_pollers,
+            sticky_poll_ratio=settings.worker_sticky_poll_ratio,
+            cached_workflows=settings.worker_cached_workflows,
+            sandbox="on" if settings.worker_sandboxed else "off",
+            gc_between_deliveries=settings.worker_gc_between_deliveries,
+        )
+
+    def worker_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of temporalio's Worker that these options set."""
+        arguments: dict[str, Any] = {}
+        # By default one poller in five serves the shared queue, where new workflows and wake-ups of
+        # uncached ones arrive: under a burst of creates their first tasks queued and timers armed late.
+        if self.workflow_pollers is not None:
+            arguments["workflow_task_poller_behavior"] = PollerBehaviorSimpleMaximum(self.workflow_pollers)
+        if self.sticky_poll_ratio is not None:
+            arguments["nonsticky_to_sticky_poll_ratio"] = self.sticky_poll_ratio
+        if self.activity_pollers is not None:
+            arguments["activity_task_poller_behavior"] = PollerBehaviorSimpleMaximum(self.activity_pollers)
+        if self.cached_workflows is not None:
+            arguments["max_cached_workflows"] = self.cached_workflows
+        for option, value in (
+            ("max_concurrent_workflow_tasks", self.workflow_task_slots),
+            ("max_concurrent_activities", self.activity_slots),
+            ("max_concurrent_local_activities", self.local_activity_slots),
+        ):
+            if value is not None:
+                arguments[option] = value
+        if not self.eager_activities:
+            arguments["disable_eager_activity_execution"] = True
+        # The sandbox re-imports the workflow's modules for every new workflow and proxies each access,
+        # which costs the worker much of its CPU (docs/performance.md). The tests run it, so its checks
+        # still apply.
+        if self.sandbox == "off":
+            arguments["workflow_runner"] = UnsandboxedWorkflowRunner()
+        elif self.sandbox == "pass-through":
+            restrictions = SandboxRestrictions.default.with_passthrough_all_modules()
+            arguments["workflow_runner"] = SandboxedWorkflowRunner(restrictions=restrictions)
+        return arguments
+
+
+def build_worker(
+    client: Client, settings: Settings, activities: TaskActivities, options: WorkerOptions | None = None
+) -> Worker:
+    """The worker, tuned by ``options`` (by default, those of the settings)."""
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
         workflows=[TaskWorkflow],
         activities=[activities.save_task, activities.next_occurrence, activities.deliver_reminder],
-        # By default one poller in five serves the shared queue, where new workflows and wake-ups of
-        # uncached ones arrive: under a burst of creates their first tasks queued and timers armed late.
-        workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(settings.worker_workflow_pollers),
-        nonsticky_to_sticky_poll_ratio=settings.worker_sticky_poll_ratio,
-        activity_task_poller_behavior=PollerBehaviorSimpleMaximum(settings.worker_activity_pollers),
-        max_cached_workflows=settings.worker_cached_workflows,
-        workflow_runner=runner,
+        **(options or WorkerOptions.of(settings)).worker_arguments(),
     )
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, options: WorkerOptions | None = None) -> None:
+    """The worker process, until SIGINT or SIGTERM."""
+    options = options or WorkerOptions.of(settings)
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
     rules = RuleRunner()
@@ -57,7 +124,7 @@ async def run_worker(settings: Settings) -> None:
         activities = TaskActivities(
             make_sessionmaker(engine), redis, settings.redis_channel, deliveries, rules=rules
         )
-        worker = build_worker(client, settings, activities)
+        worker = build_worker(client, settings, activities, options)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -65,7 +132,8 @@ async def run_worker(settings: Settings) -> None:
         schedule = collection_schedule(
             warn_after_seconds=settings.gc_pause_warning_ms / 1000,
             record=gc_pause_histogram(runtime) if runtime else None,
-            between=deliveries if settings.worker_gc_between_deliveries else None,
+            between=deliveries if options.gc_between_deliveries else None,
+            freeze=options.freeze_startup_heap,
         )
         watchdog = LoopWatchdog(
             settings.event_loop_block_seconds, EventLoopBlockMetrics(runtime) if runtime else None
@@ -82,7 +150,7 @@ async def run_worker(settings: Settings) -> None:
                 settings.temporal_address,
                 frozen,
             )
-            if settings.worker_gc_between_deliveries:
+            if options.gc_between_deliveries:
                 log.info("full garbage collections run between deliveries (decisions 15)")
             await stop.wait()
             log.info("worker stopping")

@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from core.auth import mint_token, verify_token
 from core.settings import Settings
 from tickler.devstack import free_port
+from tickler.devstack.process import log_tail
 
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
 # The first start runs initdb; both include the Temporal dev server's start-up and the migrations.
@@ -75,14 +76,7 @@ class Stack:
         return proc
 
     def tail(self) -> str:
-        try:
-            with self.log_path.open("rb") as log:
-                log.seek(0, os.SEEK_END)
-                log.seek(max(0, log.tell() - LOG_TAIL_BYTES))
-                text = log.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return f"--- tail of {self.log_path} ---\n{text}--- end ---"
+        return log_tail(self.log_path, LOG_TAIL_BYTES)
 
 
 @pytest.fixture

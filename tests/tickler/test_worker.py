@@ -16,10 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.client import Client
+from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner
 
 from core.settings import Settings
 from tests.helpers import start_task, task_state, wait_until
 from tickler import devstack
+from tickler.worker import WorkerOptions
 
 
 @dataclass
@@ -37,6 +39,18 @@ class WorkerProcess:
         except httpx.TransportError:
             return ""
         return text if all(name in text for name in names) else ""
+
+
+def test_options_leave_the_sdk_defaults_but_the_product_takes_its_settings() -> None:
+    """What the bench's "sdk" variant relies on, and what `tickler worker` runs with."""
+    assert WorkerOptions().worker_arguments() == {}
+    settings = Settings(worker_workflow_pollers=7, worker_cached_workflows=123, worker_sandboxed=False)
+    product = WorkerOptions.of(settings).worker_arguments()
+    assert product["workflow_task_poller_behavior"] == PollerBehaviorSimpleMaximum(7)
+    assert product["max_cached_workflows"] == 123
+    assert isinstance(product["workflow_runner"], UnsandboxedWorkflowRunner)
+    sandboxed = WorkerOptions.of(settings.model_copy(update={"worker_sandboxed": True}))
+    assert "workflow_runner" not in sandboxed.worker_arguments(), "the SDK's default runner is the sandbox"
 
 
 @pytest.fixture

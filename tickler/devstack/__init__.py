@@ -1,0 +1,28 @@
+"""The embedded development stack: PostgreSQL, Redis and the Temporal dev server as supervised children.
+
+``tickler run``, the pytest session fixtures and the bench start them; every server keeps its files under
+one data dir. One module per server, and one for the supervision they share (process.py); proxy.py is
+HAProxy, in front of the web processes of `tickler run --replicas N`.
+"""
+
+from tickler.devstack.postgres import start_postgres
+from tickler.devstack.process import STARTUP_TIMEOUT, ManagedProcess, free_port, spawn, wait_for_port
+from tickler.devstack.proxy import Backend, ProxyMissing, haproxy_executable, start_proxy
+from tickler.devstack.redis import start_redis
+from tickler.devstack.temporal import start_temporal, temporal_executable
+
+__all__ = [
+    "STARTUP_TIMEOUT",
+    "Backend",
+    "ManagedProcess",
+    "ProxyMissing",
+    "free_port",
+    "haproxy_executable",
+    "spawn",
+    "start_postgres",
+    "start_proxy",
+    "start_redis",
+    "start_temporal",
+    "temporal_executable",
+    "wait_for_port",
+]
