@@ -12,7 +12,7 @@ RUNTIME_LOCK := requirements/runtime.lock
 # The resolver, installed into .venv by `make lock` only: `make run` and `make test` need pip alone.
 UV_VERSION := 0.13.9
 
-.PHONY: run test lint fmt bench histories lock upgrade clean
+.PHONY: run test test-fast lint fmt bench histories lock upgrade clean
 
 # The lock's setuptools builds the project (--no-build-isolation), so nothing unhashed is fetched.
 $(STAMP): pyproject.toml $(DEV_LOCK)
@@ -24,13 +24,19 @@ $(STAMP): pyproject.toml $(DEV_LOCK)
 run: $(STAMP)
 	$(BIN)/tickler run
 
+# Everything, with the coverage of the app's packages printed at the end (pyproject.toml, tool.coverage).
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov $(PYTEST_ARGS)
+
+# The edit-test loop: the tests that use no server (tests/conftest.py marks the others `stack`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not stack" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports --no-cache
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -64,4 +70,4 @@ upgrade:
 	$(MAKE) lock $(if $(PACKAGE),,UPGRADE=1)
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .coverage

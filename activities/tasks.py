@@ -91,7 +91,9 @@ class TaskActivities:
         if self.rules is None:
             raise RuntimeError("this worker was built without a RuleRunner (tickler/worker.py builds one)")
         try:
-            return await self.rules.next_occurrence(input.recurrence, input.timezone, input.after)
+            return await self.rules.next_occurrence(
+                input.recurrence, input.timezone, input.after, input.start
+            )
         except RuleUnusable as exc:
             raise ApplicationError(str(exc), type=RECURRENCE_UNUSABLE, non_retryable=True) from None
 

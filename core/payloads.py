@@ -183,6 +183,10 @@ class TaskState(BaseModel):
     timezone: str = "UTC"
     # Why the series stopped, when its rule could not be used (core/recurrence.py); cleared by a new rule.
     recurrence_stopped: str | None = None
+    # The first due time of the series: its occurrences are the rule's from there, so that a day whose
+    # wall time does not exist, or a snooze, does not move the series, and COUNT counts from it. None:
+    # the series starts at due_at (a new rule, zone or due time starts it again). Not in the row.
+    series_start: datetime | None = None
     # Bumped by every change; the row keeps the highest version it saw.
     version: int = 1
     # Bumped whenever due_at moves (a reschedule, the next occurrence): each arming is its own occurrence.
@@ -352,6 +356,8 @@ class NextOccurrenceInput(BaseModel):
     recurrence: Recurrence
     timezone: str
     after: datetime
+    # The series' first due time, whose wall time and COUNT the rule keeps (None: `after`, as before).
+    start: datetime | None = None
 
 
 class NotificationEvent(BaseModel):

@@ -40,7 +40,7 @@ MIN_INTERVAL = timedelta(hours=1)
 HORIZON = MAX_FUTURE
 # How many occurrences a check computes to judge a rule, and how many steps any evaluation may take.
 CHECKED_OCCURRENCES = 50
-MAX_STEPS = 10_000
+MAX_STEPS = 200_000  # from the series' start: an hourly series of ten years, in about 0.2 s of CPU
 # Wall time a rule may take in its child process before the child is killed and the rule refused.
 BUDGET_SECONDS = 1.0
 # Wall time a caller waits for a free child (others' rules running) before it is told to retry.
@@ -59,30 +59,39 @@ class RunnerBusy(Exception):
 
 
 def _occurrences(
-    rule: str | None, every: int | None, unit: str | None, zone_name: str, after: datetime
-) -> Iterator[datetime]:
-    """The occurrences strictly after ``after``, in UTC, up to ``after + HORIZON``; at most MAX_STEPS."""
+    rule: str | None,
+    every: int | None,
+    unit: str | None,
+    zone_name: str,
+    after: datetime,
+    start: datetime | None = None,
+) -> Iterator[tuple[datetime, datetime]]:
+    """The occurrences of the series that starts at ``start`` (default ``after``), strictly after
+    ``after`` and up to ``after + HORIZON``, each as (UTC instant, wall time in the zone); at most
+    MAX_STEPS from the start. A wall time that does not exist (a spring change) is the same instant as the
+    next one: only the first of those is yielded."""
     zone = ZoneInfo(zone_name)
-    start = after.astimezone(zone)
+    # The series keeps the wall time of its start: a day whose wall time does not exist does not move it.
+    dtstart = (start or after).astimezone(zone)
     try:
         horizon = after + HORIZON
     except OverflowError:
         raise RuleUnusable("the due time is too far ahead for a recurring task") from None
     if rule is None:
         assert every is not None
-        days = every * (7 if unit == "weeks" else 1)
-        wall = start.replace(tzinfo=None)
-        for _ in range(MAX_STEPS):
-            wall += timedelta(days=days)
-            moment = wall.replace(tzinfo=zone).astimezone(UTC)
-            if moment > horizon:
-                return
-            yield moment
-        return
-    # An aware DTSTART makes dateutil build each occurrence on the local wall clock.
-    parsed = rrulestr(rule.removeprefix("RRULE:"), dtstart=start)
-    assert isinstance(parsed, rrule)
-    for steps, occurrence in enumerate(parsed, 1):
+        period = timedelta(days=every * (7 if unit == "weeks" else 1))
+        wall = dtstart.replace(tzinfo=None)
+        # Straight to the period before `after` (a day's width of margin for the zone's offsets).
+        skipped = max(0, (after.replace(tzinfo=None) - wall - timedelta(days=1)) // period)
+        walls = (wall + period * n for n in range(skipped + 1, skipped + MAX_STEPS + 1))
+        local: Iterator[datetime] = (w.replace(tzinfo=zone) for w in walls)
+    else:
+        # An aware DTSTART makes dateutil build each occurrence on the local wall clock.
+        parsed = rrulestr(rule.removeprefix("RRULE:"), dtstart=dtstart)
+        assert isinstance(parsed, rrule)
+        local = iter(parsed)
+    previous = after
+    for steps, occurrence in enumerate(local, 1):
         if steps > MAX_STEPS:
             raise RuleUnusable(
                 f"the rule yields {MAX_STEPS} occurrences without one after the previous (INTERVAL=0?)"
@@ -90,8 +99,9 @@ def _occurrences(
         moment = occurrence.astimezone(UTC)
         if moment > horizon:
             return
-        if moment > after:
-            yield moment
+        if moment > previous:
+            previous = moment
+            yield moment, occurrence.replace(tzinfo=None)
 
 
 def _describe(exc: BaseException) -> str:
@@ -101,17 +111,22 @@ def _describe(exc: BaseException) -> str:
 def check_in_child(
     rule: str | None, every: int | None, unit: str | None, zone: str, due_at: datetime
 ) -> str | None:
-    """None if the rule is usable from ``due_at``, else why not. Computes CHECKED_OCCURRENCES at most."""
+    """None if the rule is usable from ``due_at``, else why not. Computes CHECKED_OCCURRENCES at most.
+
+    Two occurrences are too close when they are so both as instants and on the wall clock: an hourly rule
+    across a DST change is not refused for the one pair the change brings together (the worker skips
+    the later of such a pair, next_in_child)."""
     try:
-        previous: datetime | None = None
-        for count, moment in enumerate(_occurrences(rule, every, unit, zone, due_at), 1):
-            if previous is not None and moment - previous < MIN_INTERVAL:
+        previous: tuple[datetime, datetime] | None = None
+        for count, (moment, wall) in enumerate(_occurrences(rule, every, unit, zone, due_at), 1):
+            if previous is not None and max(moment - previous[0], wall - previous[1]) < MIN_INTERVAL:
+                first = previous[0]
                 return (
-                    f"two occurrences are only {_span(moment - previous)} apart ({previous:%Y-%m-%d %H:%M:%S}"
+                    f"two occurrences are only {_span(moment - first)} apart ({first:%Y-%m-%d %H:%M:%S}"
                     f" and {moment:%Y-%m-%d %H:%M:%S} UTC); reminders of a series must be at least"
                     f" {_span(MIN_INTERVAL)} apart"
                 )
-            previous = moment
+            previous = (moment, wall)
             if count >= CHECKED_OCCURRENCES:
                 break
         if previous is None:
@@ -122,12 +137,18 @@ def check_in_child(
 
 
 def next_in_child(
-    rule: str | None, every: int | None, unit: str | None, zone: str, after: datetime
+    rule: str | None,
+    every: int | None,
+    unit: str | None,
+    zone: str,
+    after: datetime,
+    start: datetime | None = None,
 ) -> tuple[datetime | None, str | None]:
     """(the next due time at least MIN_INTERVAL after ``after``, None) or (None, why the rule is unusable).
-    (None, None): the series has no occurrence left within the horizon."""
+    (None, None): the series has no occurrence left within the horizon. ``start``: the series' first due
+    time (default ``after``), whose wall time and COUNT the rule keeps."""
     try:
-        for moment in _occurrences(rule, every, unit, zone, after):
+        for moment, _ in _occurrences(rule, every, unit, zone, after, start):
             if moment - after >= MIN_INTERVAL:
                 return moment, None
         return None, None
@@ -148,9 +169,11 @@ def _values(recurrence: Recurrence) -> tuple[str | None, int | None, str | None]
     return recurrence.rrule, recurrence.every, recurrence.unit
 
 
-def next_occurrence(recurrence: Recurrence, timezone: str, after: datetime) -> datetime | None:
+def next_occurrence(
+    recurrence: Recurrence, timezone: str, after: datetime, start: datetime | None = None
+) -> datetime | None:
     """In this process, bounded in steps but not in time: for tests and for rules already judged."""
-    following, error = next_in_child(*_values(recurrence), timezone, after)
+    following, error = next_in_child(*_values(recurrence), timezone, after, start)
     if error is not None:
         raise RuleUnusable(error)
     return following
@@ -206,10 +229,10 @@ class RuleRunner:
             raise RuleUnusable(error)
 
     async def next_occurrence(
-        self, recurrence: Recurrence, timezone: str, after: datetime
+        self, recurrence: Recurrence, timezone: str, after: datetime, start: datetime | None = None
     ) -> datetime | None:
         """The next due time (None: the series is over); RuleUnusable if the rule cannot be used."""
-        following, error = await self._run(next_in_child, *_values(recurrence), timezone, after)
+        following, error = await self._run(next_in_child, *_values(recurrence), timezone, after, start)
         if error is not None:
             raise RuleUnusable(error)
         result: datetime | None = following

@@ -147,3 +147,17 @@ async def client(web_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the session's web app; its timeout outlasts a few stream heartbeats."""
     async with httpx.AsyncClient(base_url=web_url, timeout=STREAM_DEADLINE) as client:
         yield client
+
+
+# The fixtures that start servers: the session's stack (every fixture built on it depends on `servers`)
+# and the workflow tests' time-skipping server (`env`, tests/workflows/conftest.py). item.fixturenames
+# holds what a test uses through other fixtures too, so `make test-fast` (`-m "not stack"`) stays right
+# without anyone remembering a marker. e2e tests start a `tickler run` of their own.
+STACK_FIXTURES = frozenset({"servers", "env"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = getattr(item, "fixturenames", ())
+        if STACK_FIXTURES.intersection(uses) or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.stack)

@@ -221,6 +221,9 @@ class TaskWorkflow:
             new_due = _new_due(state, change, now)
             if new_due is not None:
                 fields["due_at"] = new_due
+                # A snooze moves this occurrence only; any other new time starts the series again there.
+                snoozed = change.action == "snooze" and state.recurrence is not None
+                fields["series_start"] = (state.series_start or state.due_at) if snoozed else None
             if change.title is not None:
                 fields["title"] = change.title
             if change.notes is not None:
@@ -229,9 +232,11 @@ class TaskWorkflow:
                 fields["reminder_offsets"] = change.reminder_offsets
             if change.timezone is not None:
                 fields["timezone"] = change.timezone
+                fields["series_start"] = None
             if change.recurrence is not None:
                 fields["recurrence"] = change.recurrence
                 fields["recurrence_stopped"] = None
+                fields["series_start"] = None
             for name in change.clear:
                 fields[name] = None
         self.state = state
@@ -251,10 +256,14 @@ class TaskWorkflow:
         state = self.state
         assert state.recurrence is not None
         stopped: str | None = None
+        start = state.series_start or state.due_at
+        question = NextOccurrenceInput(
+            recurrence=state.recurrence, timezone=state.timezone, after=state.due_at, start=start
+        )
         try:
             following: datetime | None = await workflow.execute_local_activity(
                 NEXT_OCCURRENCE,
-                NextOccurrenceInput(recurrence=state.recurrence, timezone=state.timezone, after=state.due_at),
+                question,
                 result_type=datetime,
                 start_to_close_timeout=LOCAL_TIMEOUT,
                 retry_policy=NEXT_RETRY,
@@ -276,7 +285,7 @@ class TaskWorkflow:
         if following is None:
             self._change(workflow.now(), recurrence=None, recurrence_stopped=stopped)
         else:
-            self._change(workflow.now(), due_at=following)
+            self._change(workflow.now(), due_at=following, series_start=start)
 
     # -- time and activities -------------------------------------------------------------------------
 

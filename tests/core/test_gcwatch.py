@@ -64,7 +64,8 @@ def test_short_collections_are_not_logged(caplog: pytest.LogCaptureFixture) -> N
 def test_freezing_takes_the_start_up_heap_out_of_collections(unfreeze: None) -> None:
     tracked = len(gc.get_objects())
     frozen = freeze_startup_heap()
-    assert frozen == gc.get_freeze_count() >= tracked // 2
+    # Frozen objects that die leave the count (other threads of the session run meanwhile): never more.
+    assert frozen >= gc.get_freeze_count() >= tracked // 2
     assert len(gc.get_objects()) < tracked - frozen // 2  # a full collection no longer walks them
 
 

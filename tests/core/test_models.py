@@ -8,8 +8,8 @@ from core.models import Task, state_of, task_row
 from core.payloads import Recurrence, TaskState
 from tests.helpers import task_state
 
-# What only the workflow keeps: its schedule and the request ids it has seen.
-WORKFLOW_ONLY = {"schedule_revision", "done_offsets", "recent_request_ids"}
+# What only the workflow keeps: its schedule, its series' start and the request ids it has seen.
+WORKFLOW_ONLY = {"schedule_revision", "done_offsets", "recent_request_ids", "series_start"}
 
 
 def test_every_column_is_written_from_the_state() -> None:

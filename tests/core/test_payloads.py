@@ -12,11 +12,15 @@ from core.payloads import (
     EARLIEST,
     LATEST,
     MAX_FUTURE,
+    MAX_OFFSET,
     MAX_PAST,
+    MAX_REMINDERS,
+    Recurrence,
     TaskChange,
     TaskState,
     check_due_window,
     check_timezone,
+    normalize_offsets,
 )
 from tests.helpers import task_state
 
@@ -112,3 +116,111 @@ def test_a_stopped_series_round_trips_and_old_states_still_load() -> None:
     )
     old = state.model_dump(mode="json", exclude={"recurrence_stopped"})
     assert TaskState.model_validate(old).recurrence_stopped is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"rrule": "FREQ=WEEKLY;BYDAY=TU"},
+        {"every": 2, "unit": "weeks"},
+        {"every": 1, "unit": "days", "rrule": None},
+        {"every": 366, "unit": "days"},
+    ],
+)
+def test_a_recurrence_is_a_rule_or_every_n_days_or_weeks(body: dict[str, Any]) -> None:
+    Recurrence.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "either `rrule` or `every`"),
+        ({"rrule": "FREQ=DAILY", "every": 1, "unit": "days"}, "either `rrule` or `every`"),
+        ({"unit": "days"}, "either `rrule` or `every`"),
+        ({"every": 1}, "needs a `unit`"),
+        ({"every": 0, "unit": "days"}, "greater than or equal to 1"),
+        ({"every": 367, "unit": "days"}, "less than or equal to 366"),
+        ({"every": 1, "unit": "months"}, "'days' or 'weeks'"),
+        # JSON's integers only: pydantic's lax mode would read these as 1 and 2.
+        ({"every": True, "unit": "days"}, "must be an integer"),
+        ({"every": "2", "unit": "days"}, "must be an integer"),
+        ({"rrule": "FREQ=DAILY", "tz": "UTC"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_anything_else_is_not_a_recurrence(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Recurrence.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("offsets", "normalized"),
+    [
+        ([0], (0,)),
+        # Soonest reminder last, each once: the order the workflow arms them in.
+        ([0, 600, 600, 3600], (3600, 600, 0)),
+        ([MAX_OFFSET] * MAX_REMINDERS, (MAX_OFFSET,)),
+    ],
+)
+def test_offsets_are_normalized(offsets: list[int], normalized: tuple[int, ...]) -> None:
+    assert normalize_offsets(offsets) == normalized
+
+
+@pytest.mark.parametrize(
+    "offsets", [[], list(range(MAX_REMINDERS + 1)), [-1], [MAX_OFFSET + 1]], ids=["none", "11", "-1", "1y+1s"]
+)
+def test_offsets_out_of_bounds_are_refused(offsets: list[int]) -> None:
+    with pytest.raises(ValueError, match="reminder offsets"):
+        normalize_offsets(offsets)
+
+
+DUE_AT = datetime(2026, 12, 1, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("status", "offsets", "done", "pending"),
+    [
+        ("open", (0,), (), [(DUE_AT, 0)]),
+        (
+            "open",
+            (3600, 600, 0),
+            (),
+            [(DUE_AT - timedelta(hours=1), 3600), (DUE_AT - timedelta(minutes=10), 600), (DUE_AT, 0)],
+        ),
+        ("open", (3600, 600, 0), (3600,), [(DUE_AT - timedelta(minutes=10), 600), (DUE_AT, 0)]),
+        ("open", (600, 0), (600, 0), []),
+        ("done", (600, 0), (), []),
+        ("cancelled", (0,), (), []),
+    ],
+)
+def test_pending_reminders_are_the_open_task_s_undelivered_ones_soonest_first(
+    status: str, offsets: tuple[int, ...], done: tuple[int, ...], pending: list[tuple[datetime, int]]
+) -> None:
+    state = task_state(due_at=DUE_AT, status=status, reminder_offsets=offsets, done_offsets=done)
+    assert state.pending_reminders() == pending
+
+
+@pytest.mark.parametrize(
+    ("now", "skipped"),
+    [
+        (DUE_AT - timedelta(days=1), ()),
+        (DUE_AT - timedelta(minutes=30), (3600,)),
+        (DUE_AT - timedelta(minutes=10), (3600, 600)),  # its instant counts as passed
+        # Created or rescheduled into the past: the reminder at due time still fires, at once.
+        (DUE_AT + timedelta(days=1), (3600, 600)),
+    ],
+)
+def test_arming_skips_the_early_reminders_already_passed(now: datetime, skipped: tuple[int, ...]) -> None:
+    # What the previous revision delivered is forgotten: each arming is its own occurrence.
+    state = task_state(due_at=DUE_AT, reminder_offsets=(3600, 600, 0), done_offsets=(0,))
+    armed = state.skipping_passed_reminders(now)
+    assert armed.done_offsets == skipped
+    assert (DUE_AT, 0) in armed.pending_reminders()
+
+
+def test_each_reminder_of_each_revision_has_its_own_dedupe_key() -> None:
+    first = task_state(reminder_offsets=(600, 0))
+    moved = first.model_copy(update={"schedule_revision": 2})
+    keys = {state.dedupe_key(offset) for state in (first, moved) for offset in (600, 0)}
+    assert len(keys) == 4
+    # A change that leaves due_at alone keeps the keys: a reminder is never delivered twice.
+    assert first.model_copy(update={"version": 5, "title": "Call Ana"}).dedupe_key(0) == first.dedupe_key(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
@@ -167,3 +168,169 @@ def test_rule_syntax_is_checked_totally(body: dict[str, object], message: str) -
     """The model's check runs in workflow code (a signal's rule): whatever the text, a ValidationError."""
     with pytest.raises(ValidationError, match=message):
         TypeAdapter(NewRecurrence).validate_python(body)
+
+
+def local(zone: str, year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
+    """A wall-clock time of ``zone`` that exists and is not ambiguous, in UTC."""
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(zone)).astimezone(UTC)
+
+
+# One day (or week) after a wall-clock time, across the changes of each kind of zone: the wall clock is
+# kept, so the span in UTC is 23, 23.5, 25 hours or a week less an hour. Both kinds of recurrence agree.
+DAY_AFTER = [
+    # Europe: spring forward, fall back.
+    ("Europe/Berlin", local("Europe/Berlin", 2026, 3, 28, 10), local("Europe/Berlin", 2026, 3, 29, 10)),
+    ("Europe/Berlin", local("Europe/Berlin", 2026, 10, 24, 10), local("Europe/Berlin", 2026, 10, 25, 10)),
+    # Southern hemisphere: the changes are the other way round in the year.
+    ("Australia/Sydney", local("Australia/Sydney", 2026, 4, 4, 9), local("Australia/Sydney", 2026, 4, 5, 9)),
+    (
+        "Australia/Sydney",
+        local("Australia/Sydney", 2026, 10, 3, 9),
+        local("Australia/Sydney", 2026, 10, 4, 9),
+    ),
+    # A change of half an hour (+10:30 to +11).
+    (
+        "Australia/Lord_Howe",
+        local("Australia/Lord_Howe", 2026, 10, 3, 10),
+        local("Australia/Lord_Howe", 2026, 10, 4, 10),
+    ),
+    # 02:30 does not exist on 8 March 2026 in New York: read with the offset before the change (EST),
+    # i.e. 03:30 EDT (the day after: test_a_series_at_a_missing_wall_time_comes_back_to_it).
+    ("America/New_York", datetime(2026, 3, 7, 7, 30, tzinfo=UTC), datetime(2026, 3, 8, 7, 30, tzinfo=UTC)),
+    # 01:30 happens twice on 1 November 2026 in New York: the first one (EDT), then 01:30 EST the day after.
+    ("America/New_York", datetime(2026, 10, 31, 5, 30, tzinfo=UTC), datetime(2026, 11, 1, 5, 30, tzinfo=UTC)),
+    ("America/New_York", datetime(2026, 11, 1, 5, 30, tzinfo=UTC), datetime(2026, 11, 2, 6, 30, tzinfo=UTC)),
+    # No DST, but a day that is not UTC's: +14 and +05:45.
+    (
+        "Pacific/Kiritimati",
+        local("Pacific/Kiritimati", 2026, 12, 31, 8),
+        local("Pacific/Kiritimati", 2027, 1, 1, 8),
+    ),
+    ("Asia/Kathmandu", local("Asia/Kathmandu", 2026, 12, 1, 9), local("Asia/Kathmandu", 2026, 12, 2, 9)),
+]
+
+
+@pytest.mark.parametrize(("zone", "after", "expected"), DAY_AFTER)
+def test_daily_series_keep_the_wall_clock_in_every_kind_of_zone(
+    zone: str, after: datetime, expected: datetime
+) -> None:
+    assert next_in_child("FREQ=DAILY", None, None, zone, after) == (expected, None)
+    assert next_in_child(None, 1, "days", zone, after) == (expected, None)
+    assert check_in_child("FREQ=DAILY", None, None, zone, after) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "every", "zone", "after", "expected"),
+    [
+        # Monday 09:00 in New York, across the spring change: a week less an hour in UTC.
+        (
+            "FREQ=WEEKLY",
+            1,
+            "America/New_York",
+            local("America/New_York", 2026, 3, 2, 9),
+            local("America/New_York", 2026, 3, 9, 9),
+        ),
+        # BYDAY is the zone's weekday: Monday 22:00 in Pago Pago (-11) is Tuesday in UTC.
+        (
+            "FREQ=WEEKLY;BYDAY=MO",
+            1,
+            "Pacific/Pago_Pago",
+            local("Pacific/Pago_Pago", 2026, 11, 30, 22),
+            datetime(2026, 12, 8, 9, tzinfo=UTC),
+        ),
+        # Every other week, across the autumn change in Sydney (April).
+        (
+            "FREQ=WEEKLY;INTERVAL=2",
+            2,
+            "Australia/Sydney",
+            local("Australia/Sydney", 2026, 3, 30, 9),
+            local("Australia/Sydney", 2026, 4, 13, 9),
+        ),
+    ],
+)
+def test_weekly_series_keep_the_zone_s_wall_clock_and_weekday(
+    text: str, every: int, zone: str, after: datetime, expected: datetime
+) -> None:
+    assert next_in_child(text, None, None, zone, after) == (expected, None)
+    assert next_in_child(None, every, "weeks", zone, after) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        # 08:00 at +14 is 18:00 UTC the day before: the zone's last day of December is UTC's 30th.
+        (local("Pacific/Kiritimati", 2026, 12, 1, 8), datetime(2026, 12, 30, 18, tzinfo=UTC)),
+        (local("Pacific/Kiritimati", 2026, 12, 31, 8), datetime(2027, 1, 30, 18, tzinfo=UTC)),
+    ],
+)
+def test_monthly_series_count_the_days_of_the_zone(after: datetime, expected: datetime) -> None:
+    assert next_in_child("FREQ=MONTHLY;BYMONTHDAY=-1", None, None, "Pacific/Kiritimati", after) == (
+        expected,
+        None,
+    )
+
+
+def test_an_hourly_series_keeps_its_beat_across_the_missing_hour() -> None:
+    # 29 March 2026 in Berlin: 02:00 does not exist; read as CET it is the same instant as 03:00 CEST, the
+    # duplicate is skipped, and the series goes on every hour in UTC.
+    fired = [datetime(2026, 3, 29, 0, tzinfo=UTC)]
+    for _ in range(4):
+        following, error = next_in_child("FREQ=HOURLY", None, None, "Europe/Berlin", fired[-1])
+        assert error is None
+        assert following is not None
+        fired.append(following)
+    assert fired == [datetime(2026, 3, 29, hour, tzinfo=UTC) for hour in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("zone", "due_at"),
+    [
+        ("Europe/Berlin", datetime(2026, 3, 28, 12, tzinfo=UTC)),
+        ("America/New_York", datetime(2026, 3, 7, 12, tzinfo=UTC)),
+    ],
+)
+def test_an_hourly_rule_is_accepted_just_before_a_spring_change(zone: str, due_at: datetime) -> None:
+    assert check_in_child("FREQ=HOURLY", None, None, zone, due_at) is None
+
+
+@pytest.mark.parametrize(("text", "every"), [("FREQ=DAILY", None), (None, 1)])
+def test_a_series_at_a_missing_wall_time_comes_back_to_it(text: str | None, every: int | None) -> None:
+    # Daily at 02:30 in New York from 1 March, fired on 8 March 2026 at 03:30 EDT (02:30 does not exist
+    # that day): 9 March is 02:30 EDT again, since the series keeps the wall time of its start.
+    start = local("America/New_York", 2026, 3, 1, 2, 30)
+    after = datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
+    unit = "days" if every else None
+    assert next_in_child(text, every, unit, "America/New_York", after, start) == (
+        local("America/New_York", 2026, 3, 9, 2, 30),
+        None,
+    )
+
+
+def test_count_counts_from_the_series_start() -> None:
+    """COUNT=3: the due time and two more; computed from each previous due time it never ended."""
+    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    fired = [start]
+    while (
+        following := next_in_child("FREQ=DAILY;COUNT=3", None, None, "UTC", fired[-1], start)[0]
+    ) is not None:
+        fired.append(following)
+        assert len(fired) < 10, "the series never ended"
+    assert fired == [start + timedelta(days=n) for n in range(3)]
+
+
+def test_a_snoozed_occurrence_does_not_move_the_series() -> None:
+    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    snoozed = start + timedelta(minutes=30)
+    assert next_in_child("FREQ=DAILY", None, None, "UTC", snoozed, start) == (start + timedelta(days=1), None)
+    assert next_in_child(None, 1, "days", "UTC", snoozed, start) == (start + timedelta(days=1), None)
+
+
+def test_a_series_started_years_ago_is_still_computed() -> None:
+    start = datetime(2017, 1, 1, 9, tzinfo=UTC)
+    after = datetime(2026, 12, 1, 9, tzinfo=UTC)
+    assert next_in_child("FREQ=HOURLY", None, None, "Europe/Berlin", after, start) == (
+        after + timedelta(hours=1),
+        None,
+    )
+    # Every other Sunday since 1 January 2017 (518 weeks before 6 December 2026).
+    assert next_in_child(None, 2, "weeks", "UTC", after, start)[0] == datetime(2026, 12, 6, 9, tzinfo=UTC)

@@ -28,6 +28,9 @@ from tickler.devstack import (
     wait_for_port,
 )
 
+# These start servers of their own, not through the session's fixtures: mark them for the slow tier.
+pytestmark = pytest.mark.stack
+
 DEADLINE = 10.0
 
 

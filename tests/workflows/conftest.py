@@ -96,7 +96,7 @@ class FakeActivities:
     async def next_occurrence(self, input: NextOccurrenceInput) -> datetime | None:
         # In this process, bounded in steps only: the real one (activities/tasks.py) runs it in a child.
         try:
-            return recurrence.next_occurrence(input.recurrence, input.timezone, input.after)
+            return recurrence.next_occurrence(input.recurrence, input.timezone, input.after, input.start)
         except recurrence.RuleUnusable as exc:
             raise ApplicationError(str(exc), type=RECURRENCE_UNUSABLE, non_retryable=True) from None
 
