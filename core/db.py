@@ -15,7 +15,14 @@ _SET_TENANT = select(func.set_config("tickler.organization_id", bindparam("organ
 
 
 def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
-    server_settings = {"application_name": application_name}  # shows in pg_stat_activity
+    """The process's engine. Every wait on PostgreSQL is bounded, so that a database that hangs (a lock
+    held, a network gone) ends a request with an error the API answers 503 instead of holding it."""
+    server_settings = {
+        "application_name": application_name,  # shows in pg_stat_activity
+        # The server cancels a statement that runs or waits for a lock too long (SQLSTATE 57014), and the
+        # connection stays usable.
+        "statement_timeout": str(settings.database_statement_timeout_ms),
+    }
     if settings.database_role:
         # Every session runs as the app's role, which row-level security applies to (not the owner).
         server_settings["role"] = settings.database_role
@@ -23,7 +30,13 @@ def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        connect_args={"server_settings": server_settings},
+        pool_timeout=settings.database_connect_timeout_seconds,
+        connect_args={
+            "server_settings": server_settings,
+            "timeout": settings.database_connect_timeout_seconds,
+            # For a server that cannot even cancel (the network is gone): a second after its own timeout.
+            "command_timeout": settings.database_statement_timeout_ms / 1000 + 1,
+        },
     )
 
 

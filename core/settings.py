@@ -36,6 +36,17 @@ class Settings(BaseSettings):
         description="Role of the app's sessions; row-level security applies to it (empty: the login role).",
     )
     database_pool_size: int = Field(10, ge=1, description="Connections per process in the pool.")
+    database_connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait for a new PostgreSQL connection, and for a free one in the pool."
+    )
+    database_statement_timeout_ms: int = Field(
+        5000,
+        ge=1,
+        description=(
+            "PostgreSQL cancels a statement of the app that runs (or waits for a lock) longer than this; "
+            "the client gives up 1 s later should the server not answer at all. The API then answers 503."
+        ),
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:56379/0", description="Redis URL. Unset: `tickler run` starts one."
     )
@@ -43,6 +54,14 @@ class Settings(BaseSettings):
         56379, description="Port of the Redis server `tickler run` starts when TICKLER_REDIS_URL is unset."
     )
     redis_channel: str = Field("tickler:notifications", description="Pub/sub channel of notifications.")
+    redis_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Longest wait to connect to Redis and for the answer to a command; the stream hub's "
+            "subscription waits for messages without it and is checked by a PING every 30 s instead."
+        ),
+    )
 
     temporal_address: str = Field(
         "127.0.0.1:7233", description="Temporal frontend. Unset: `tickler run` starts the dev server."
@@ -148,6 +167,23 @@ class Settings(BaseSettings):
     sse_retry_ms: int = Field(2000, ge=0, description="`retry:` the stream tells browsers to wait.")
     sse_queue_size: int = Field(
         256, ge=1, description="Events buffered per stream; a client further behind is cut off."
+    )
+    sse_retry_jitter: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description=(
+            "Each stream's `retry:` is TICKLER_SSE_RETRY_MS times a random factor in 1 ± this, so that the "
+            "clients of a web process that dies do not all reconnect at once."
+        ),
+    )
+    sse_write_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A stream whose client has not taken a write for this long (it stopped reading) is cut off: "
+            "its connection is reset and its slot freed."
+        ),
     )
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from core.payloads import DELIVER_AHEAD, DeliverReminderInput, NotificationEvent
 from core.pubsub import make_redis, publish
 from core.settings import Settings
 from tests.helpers import (
+    STREAM,
     STREAM_DEADLINE,
     StreamReader,
     bearer,
@@ -414,3 +416,106 @@ async def test_a_client_too_slow_is_cut_off_and_others_go_on(
 async def _read_to_the_end(stream: StreamReader) -> None:
     with pytest.raises(StopAsyncIteration):
         await stream.read_until(lambda _: False)
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_others_see_no_delay(
+    settings: Settings, redis: Redis
+) -> None:
+    """Hypercorn has no write timeout: without ours, the stalled client's stream holds its slot and its
+    connection for ever."""
+    own = settings.model_copy(
+        update={
+            "sse_write_timeout_seconds": 2.0,
+            # Never full here: the write timeout alone must end the stream.
+            "sse_queue_size": 10_000,
+            "redis_channel": f"stalled-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    org = new_org()
+    async with (
+        serve_app(own) as (url, app),
+        httpx.AsyncClient(base_url=url, timeout=STREAM_DEADLINE) as client,
+        open_stream(client, bearer(own, "reader", org)) as reader,
+        _stalled_client(url, bearer(own, "stalled", org)) as stalled,
+    ):
+        hub = _resources(app).hub
+        await reader.read_past_heartbeat()
+        await wait_until(lambda: hub.streams_of(org, "stalled") == 1, what="the stalled client's stream")
+        # Twice what the server's socket may buffer, for a client that reads none.
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(2 * _largest_send_buffer() // 16_000):
+                event = NotificationEvent(
+                    organization_id=org, user_id="stalled", event="ping", data={"n": n, "pad": "x" * 16_000}
+                )
+                pipe.publish(own.redis_channel, event.model_dump_json())
+            await pipe.execute()
+        ping = NotificationEvent(organization_id=org, user_id="reader", event="ping", data={"ok": True})
+        await publish(redis, own.redis_channel, ping)
+        await reader.read_until(lambda line: line == "event: ping")
+        # The other stream did not wait for the stalled one to be cut off.
+        assert hub.streams_of(org, "stalled") == 1
+
+        await wait_until(
+            lambda: hub.streams_of(org, "stalled") == 0, what="the stalled stream cut off, its slot freed"
+        )
+        # Reset, not closed after the bytes it would not take: what it reads next fails.
+        with pytest.raises(ConnectionResetError):
+            await _read_to_the_end_of(stalled)
+        await publish(redis, own.redis_channel, ping)
+        await reader.read_until(lambda line: line == "event: ping")
+
+
+@contextlib.asynccontextmanager
+async def _stalled_client(url: str, headers: dict[str, str]) -> AsyncIterator[socket.socket]:
+    """A raw connection that asks for the stream, then reads nothing."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    assert port is not None
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Before connecting, so that the window the client offers is small from the start.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+        lines = [f"GET {STREAM} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
+        await loop.sock_sendall(sock, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        yield sock
+
+
+def _largest_send_buffer() -> int:
+    """What the kernel lets a socket's send buffer grow to (Linux; elsewhere its usual 4 MiB)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        return 4 << 20
+
+
+async def _read_to_the_end_of(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(STREAM_DEADLINE):
+        while await loop.sock_recv(sock, 1 << 16):
+            pass
+
+
+async def test_a_stream_opened_before_the_hub_first_subscribes_misses_nothing(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    """The web process serves while its Redis is not there yet (it waits 10 s for it at start)."""
+    port = devstack.free_port()
+    own = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    org = new_org()
+    async with (
+        serve_app(own) as (url, app),
+        httpx.AsyncClient(base_url=url, timeout=STREAM_DEADLINE) as client,
+        open_stream(client, bearer(own, "7", org)) as stream,
+    ):
+        assert not _resources(app).hub.subscribed.is_set()
+        await stream.read_past_heartbeat()
+        # Committed before any web process listened: had its message been published, no stream got it.
+        [missed] = await insert_notifications(sessionmaker, org, "7", 1)
+        redis = devstack.start_redis(tmp_path, port)
+        try:
+            await stream.read_until(lambda line: line == f"id: {missed}")
+            await stream.read_until(lambda line: line == "")
+        finally:
+            redis.stop()
+        assert stream.notification_ids == [missed]

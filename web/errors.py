@@ -1,17 +1,26 @@
-"""One error model for every route: RFC 9457 ``application/problem+json``. A 500 reveals nothing."""
+"""One error model for every route: RFC 9457 ``application/problem+json``. A 500 reveals nothing.
+
+A dependency that is down or too slow (PostgreSQL, Redis) is not a bug: its errors answer 503 with
+Retry-After, once the timeouts of core/db.py and core/pubsub.py have ended the wait.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 from quart import Quart, Response, json
 from quart_schema import RequestSchemaValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from core.errors import TicklerError
+from core.errors import TicklerError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +48,7 @@ class Problem(BaseModel):
         None, description="422: each invalid field and what is wrong with it."
     )
     retry_after: int | SkipJsonSchema[None] = Field(
-        None, ge=1, description="429: seconds until a retry can succeed; also in the Retry-After header."
+        None, ge=1, description="429, 503: seconds until a retry can succeed; also in the Retry-After header."
     )
 
 
@@ -54,6 +63,31 @@ def _validation_errors(error: Exception) -> list[dict[str, str]]:
             for e in error.errors(include_url=False)
         ]
     return [{"field": "", "message": str(error)}]
+
+
+# SQLSTATE classes and codes of a database that is down, restarting, overloaded or too slow: 08 connection
+# exception, 53 insufficient resources (too many connections), 57 operator intervention (57014 is
+# statement_timeout, 57P01 a shutdown), 55P03 lock_not_available (lock_timeout).
+UNAVAILABLE_SQLSTATES = ("08", "53", "57", "55P03")
+
+
+def dependency_unavailable(error: BaseException) -> Unavailable | None:
+    """The 503 for an error of a dependency that is down or did not answer in time; None for any other."""
+    if isinstance(error, RedisTimeoutError | RedisConnectionError):
+        what = "Redis"
+    elif isinstance(error, PoolTimeoutError):
+        what = "The database"  # every pooled connection busy for the connect timeout
+    elif isinstance(error, DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        if not (error.connection_invalidated or sqlstate.startswith(UNAVAILABLE_SQLSTATES)):
+            return None
+        what = "The database"
+    elif isinstance(error, TimeoutError | ConnectionError | socket.gaierror):
+        # asyncpg's connect and its command_timeout raise these unwrapped (SQLAlchemy passes them on).
+        what = "A service the API needs"
+    else:
+        return None
+    return Unavailable(f"{what} is unavailable or did not answer in time; retry shortly.")
 
 
 def register_error_handlers(app: Quart) -> None:
@@ -85,6 +119,11 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
+        unavailable = dependency_unavailable(error)
+        if unavailable is not None:
+            # The driver's own error: SQLAlchemy's text would add the statement's parameters to the log.
+            log.warning("answered 503: %r", getattr(error, "orig", None) or error)
+            return problem_response(unavailable.problem(), unavailable.status, unavailable.headers)
         log.exception("unhandled error")
         problem = {
             "type": "about:blank",

@@ -74,7 +74,11 @@ PROBLEMS: dict[int, Documented] = {
     415: _problem("The body is missing or not sent with `Content-Type: application/json`."),
     422: _problem("Well-formed but invalid; `errors` names each invalid field where it can."),
     429: _problem("Too many requests; retry after `Retry-After` seconds.", **{"Retry-After": RETRY_AFTER}),
-    503: _problem("Temporal, the worker or the rule runner did not answer in time; retry shortly."),
+    503: _problem(
+        "A dependency (PostgreSQL, Redis, Temporal, the worker or the rule runner) is down or did not answer "
+        "in time; retry after `Retry-After` seconds.",
+        **{"Retry-After": RETRY_AFTER},
+    ),
 }
 
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from playwright.async_api import BrowserContext, Page, expect
+from playwright.async_api import BrowserContext, Page, Route, expect
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
@@ -335,3 +335,48 @@ async def test_when_the_session_expires_the_page_asks_to_sign_in_again(
     await page.screenshot(path=artifacts / "session-expired.png")
     assert page_errors.uncaught == []
     assert page_errors.unexpected(401) == []
+
+
+async def test_a_create_whose_answer_was_lost_is_retried_with_its_key_and_makes_one_task(
+    web_url: str, settings: Settings, context: BrowserContext, page_errors: PageErrors
+) -> None:
+    org = new_org()
+    page = page_errors.watch(await context.new_page())
+    await sign_in(page, web_url, org)
+    keys: list[str | None] = []
+
+    async def creates(route: Route) -> None:
+        if route.request.method != "POST":
+            await route.fallback()
+            return
+        keys.append(await route.request.header_value("Idempotency-Key"))
+        if len(keys) == 1:
+            # The first attempt reaches the server, which creates the task; its answer never comes back.
+            await route.fetch()
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await page.route("**/v1/tasks", creates)
+    await page.get_by_label("Title").fill("Call Ana back")
+    await page.get_by_label("Due", exact=True).fill(local_input(datetime.now(UTC) + timedelta(days=1)))
+    add = page.get_by_role("button", name="Add task")
+    await add.click()
+    await expect(page.locator("#error-text")).to_contain_text("cannot be reached")
+    # The person submits the same form again: a retry of the same create.
+    await add.click()
+    rows = page.locator("#task-list > li")
+    await expect(rows.locator(".task-title")).to_have_text(["Call Ana back"])
+    assert keys[0]
+    assert keys[1] == keys[0]
+    async with httpx.AsyncClient(base_url=web_url, timeout=15) as client:
+        listed = (await client.get("/v1/tasks", headers=bearer(settings, USER, org))).json()
+    assert [t["title"] for t in listed["items"]] == ["Call Ana back"]
+
+    # Another task is another create: a key of its own.
+    await page.get_by_label("Title").fill("Send Marta the offer letter")
+    await add.click()
+    await expect(rows).to_have_count(2)
+    assert keys[2] not in (None, keys[0])
+    assert page_errors.uncaught == []
+    assert [e for e in page_errors.unexpected(401) if "ERR_CONNECTION_RESET" not in e] == []

@@ -39,10 +39,12 @@ async def test_the_stream_opens_with_retry_and_headers_then_heartbeats(
         assert headers["cache-control"] == "no-cache"
         assert headers["x-accel-buffering"] == "no"
         await stream.read_past_heartbeat()
-        assert stream.lines[:2] == [f"retry: {settings.sse_retry_ms}", ""]
+        [retry] = [e.retry for e in stream.events]
+        assert retry is not None
+        assert stream.lines[:2] == [f"retry: {retry}", ""]
+        assert retry_bounds(settings)[0] <= retry <= retry_bounds(settings)[1]
         # An idle stream sends nothing but heartbeats: comments, which dispatch no event.
         assert [line for line in stream.lines[2:] if line] == [HEARTBEAT]
-        assert [e.retry for e in stream.events] == [settings.sse_retry_ms]
         await stream.read_until(lambda line: line == HEARTBEAT)
 
 
@@ -52,7 +54,26 @@ async def test_an_event_source_client_sees_the_retry_first(
     async with aconnect_sse(client, "GET", STREAM, headers=bearer(settings, "7", new_org())) as source:
         async with asyncio.timeout(DEADLINE):
             first = await anext(source.aiter_sse())
-    assert first.retry == settings.sse_retry_ms
+    assert first.retry is not None
+    assert retry_bounds(settings)[0] <= first.retry <= retry_bounds(settings)[1]
+
+
+def retry_bounds(settings: Settings) -> tuple[float, float]:
+    spread = settings.sse_retry_ms * settings.sse_retry_jitter
+    return settings.sse_retry_ms - spread, settings.sse_retry_ms + spread
+
+
+async def test_each_stream_tells_its_client_another_retry(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """So that the clients of a web process that dies do not all come back in one wave."""
+    org = new_org()
+    retries = []
+    for user in range(8):
+        async with aconnect_sse(client, "GET", STREAM, headers=bearer(settings, str(user), org)) as source:
+            async with asyncio.timeout(DEADLINE):
+                retries.append((await anext(source.aiter_sse())).retry)
+    assert len(set(retries)) > 1, retries
 
 
 # -- replay ------------------------------------------------------------------------------------------
@@ -163,6 +184,50 @@ async def test_another_users_rows_are_never_replayed(
     async with open_stream(client, {**bearer(settings, "9", org), "Last-Event-ID": "0"}) as stream:
         await stream.read_past_heartbeat()
     assert stream.notifications == []
+
+
+async def test_a_last_event_id_above_the_newest_starts_from_the_newest_and_says_so(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    redis: Redis,
+) -> None:
+    """Else live rows, whose ids are below the client's, would be taken for rows it has and dropped."""
+    org = new_org()
+    [newest] = await insert_notifications(sessionmaker, org, "7", 1)
+    ahead = {**bearer(settings, "7", org), "Last-Event-ID": str(newest + 1000)}
+    async with open_stream(client, ahead) as stream:
+        await stream.read_past_heartbeat()
+        [resync] = [e for e in stream.events if e.event == "resync"]
+        # The id moves the client's Last-Event-ID to where the stream starts.
+        assert resync.id == str(newest)
+        assert json.loads(resync.data) == {"last_event_id": newest}
+        [fresh] = await insert_notifications(sessionmaker, org, "7", 1)
+        assert fresh < newest + 1000
+        await publish(redis, settings.redis_channel, live(org, fresh, "Call Ana #0", previous_id=newest))
+        await stream.read_until(lambda line: line == f"id: {fresh}")
+        await stream.read_until(lambda line: line == "")
+    assert stream.notification_ids == [fresh]
+
+
+async def test_a_last_event_id_of_a_user_with_no_notifications_starts_from_zero(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with open_stream(client, {**bearer(settings, "7", new_org()), "Last-Event-ID": "5"}) as stream:
+        await stream.read_past_heartbeat()
+    assert [(e.event, e.id, json.loads(e.data)) for e in stream.events if e.event == "resync"] == [
+        ("resync", "0", {"last_event_id": 0})
+    ]
+
+
+async def test_a_last_event_id_at_the_newest_is_no_resync(
+    client: httpx.AsyncClient, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org = new_org()
+    [newest] = await insert_notifications(sessionmaker, org, "7", 1)
+    async with open_stream(client, {**bearer(settings, "7", org), "Last-Event-ID": str(newest)}) as stream:
+        await stream.read_past_heartbeat()
+    assert [e for e in stream.events if e.event == "resync"] == []
 
 
 # -- live --------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from core.db import tenant_transaction
 from core.models import Task
@@ -328,3 +328,93 @@ async def test_no_row_without_its_workflow_when_the_worker_is_down(
 
 async def _workflows(temporal: Client, query: str) -> list[str]:
     return [w.id async for w in temporal.list_workflows(query)]
+
+
+async def test_a_retried_change_with_its_idempotency_key_applies_once(
+    client: httpx.AsyncClient, alice: dict[str, str], temporal: Client
+) -> None:
+    task = await create(client, alice)
+    url = f"/v1/tasks/{task['id']}"
+
+    def keyed() -> dict[str, str]:
+        return alice | {"Idempotency-Key": f"change-{uuid.uuid4()}"}
+
+    rename = keyed()
+    first = await client.patch(url, json={"title": "Call Ana again"}, headers=rename)
+    assert first.status_code == 200, first.text
+    again = await client.patch(url, json={"title": "Call Ana again"}, headers=rename)
+    # The same task as the first answer, `updated_at` included: the retry changed nothing.
+    assert again.json() == first.json()
+    # The same key with another body is another change, not the first one's answer.
+    other = await client.patch(url, json={"title": "Call Ana at noon"}, headers=rename)
+    assert other.json()["title"] == "Call Ana at noon"
+
+    snooze = keyed()
+    snoozed = await client.post(f"{url}/snooze", json={"minutes": 30}, headers=snooze)
+    assert snoozed.status_code == 200, snoozed.text
+    # Retries, concurrent ones too, snooze from the first attempt, not from their own time.
+    retries = await asyncio.gather(
+        *[client.post(f"{url}/snooze", json={"minutes": 30}, headers=snooze) for _ in range(3)]
+    )
+    assert [r.json() for r in retries] == [snoozed.json()] * 3
+
+    complete = keyed()
+    done = await client.post(f"{url}/complete", headers=complete)
+    assert done.status_code == 200, done.text
+    # Once the workflow has closed too, a retry answers the done task; another key is another request.
+    workflow = temporal.get_workflow_handle(f"task-{task['id']}")
+
+    async def closed() -> bool:
+        return (await workflow.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+    await wait_until(closed, within=10, what="the done task's workflow to close")
+    repeated = await client.post(f"{url}/complete", headers=complete)
+    assert repeated.status_code == 200, repeated.text
+    assert repeated.json() == done.json()
+    assert (await client.post(f"{url}/complete", headers=keyed())).status_code == 409
+
+    other_task = f"/v1/tasks/{(await create(client, alice))['id']}"
+    cancel = keyed()
+    assert (await client.delete(other_task, headers=cancel)).status_code == 204
+    assert (await client.delete(other_task, headers=cancel)).status_code == 204
+    assert (await client.delete(other_task, headers=keyed())).status_code == 409
+
+    too_long = alice | {"Idempotency-Key": "x" * 300}
+    assert (await client.patch(url, json={"title": "x"}, headers=too_long)).status_code == 422
+
+
+async def test_a_change_no_worker_confirmed_says_so_and_its_retry_applies_once(
+    settings: Settings, engine: AsyncEngine, temporal: Client, redis: Redis
+) -> None:
+    """An Update no worker accepted in time may apply later or never (Temporal holds it in memory only):
+    the 503 promises neither, and a retry with the same key, once a worker runs, applies the change once
+    whichever happened."""
+    lonely = settings.model_copy(
+        update={"temporal_task_queue": f"unserved-{uuid.uuid4().hex[:8]}", "change_timeout_seconds": 1.0}
+    )
+    headers = bearer(settings, "7", new_org())
+    async with serve_app(lonely) as (url, _), httpx.AsyncClient(base_url=url, timeout=20) as client:
+        async with run_worker(temporal, lonely, engine, redis):
+            task = await create(client, headers)
+        rename = headers | {"Idempotency-Key": "rename-1"}
+        path = f"/v1/tasks/{task['id']}"
+        refused = await client.patch(path, json={"title": "Renamed"}, headers=rename)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"]
+        detail = refused.json()["detail"]
+        assert "will apply" not in detail
+        assert "may or may not apply" in detail
+        assert "same Idempotency-Key" in detail
+
+        async with run_worker(temporal, lonely, engine, redis):
+
+            async def retried() -> httpx.Response | None:
+                # What a client does with the 503: retry with the same key until it is answered.
+                response = await client.patch(path, json={"title": "Renamed"}, headers=rename)
+                return response if response.status_code == 200 else None
+
+            answer = await wait_until(retried, within=20, what="the retried change, once a worker runs")
+            assert answer is not None
+            assert answer.json()["title"] == "Renamed"
+            again = await client.patch(path, json={"title": "Renamed"}, headers=rename)
+            assert again.json() == answer.json()

@@ -19,6 +19,7 @@ from web.app import create_app
 # Routes anyone may call, and routes about the caller only (they name no id of someone else).
 PUBLIC = {
     "/healthz",
+    "/readyz",
     "/openapi.json",
     "/docs",
     "/redocs",

@@ -22,7 +22,7 @@ blueprint = Blueprint("notifications", __name__, url_prefix="/v1/notifications")
 
 
 @blueprint.get("")
-@problems(401, 422, 429)
+@problems(401, 422, 429, 503)
 @authenticated
 @validate_querystring(NotificationQuery)
 @validate_response(NotificationPage)
@@ -34,7 +34,7 @@ async def list_notifications(query_args: NotificationQuery) -> NotificationPage:
 
 
 @blueprint.get("/unread-count")
-@problems(401, 429)
+@problems(401, 429, 503)
 @authenticated
 @validate_response(UnreadCount)
 async def unread_count() -> UnreadCount:
@@ -43,7 +43,7 @@ async def unread_count() -> UnreadCount:
 
 
 @blueprint.post("/<int(max=9223372036854775807):notification_id>/read")
-@problems(401, 404, 429)
+@problems(401, 404, 429, 503)
 @authenticated
 @validate_response(NotificationOut)
 async def mark_read(notification_id: int) -> NotificationOut:
@@ -53,7 +53,7 @@ async def mark_read(notification_id: int) -> NotificationOut:
 
 
 @blueprint.post("/<int(max=9223372036854775807):notification_id>/unread")
-@problems(401, 404, 429)
+@problems(401, 404, 429, 503)
 @authenticated
 @validate_response(NotificationOut)
 async def mark_unread(notification_id: int) -> NotificationOut:
@@ -63,7 +63,7 @@ async def mark_unread(notification_id: int) -> NotificationOut:
 
 
 @blueprint.post("/read-all")
-@problems(401, 429)
+@problems(401, 429, 503)
 @authenticated
 @validate_response(ReadAllResult)
 async def read_all() -> ReadAllResult:

@@ -2,7 +2,8 @@
 
 Each stream has a bounded queue. A stream that falls behind is closed (its client reconnects and
 replays from PostgreSQL) rather than growing the server's memory. When the subscription drops, the hub
-resubscribes by itself and tells every stream to replay what it may have missed meanwhile.
+resubscribes by itself; each time it subscribes, the first time included, it tells every open stream to
+replay what it may have missed.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from core.payloads import NotificationEvent
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_MAX = 5.0
+SUBSCRIBE_TIMEOUT = 10.0
 
 
 class Control(enum.Enum):
-    # The subscription was down for a while: replay from PostgreSQL what may have been published then.
+    # The hub has (re)subscribed: replay from PostgreSQL what may have been published before.
     RESYNC = "resync"
     # End the stream: the server shuts down or the client fell too far behind.
     CLOSE = "close"
@@ -125,25 +127,36 @@ class StreamHub:
 
     async def _supervise(self) -> None:
         backoff = 0.1
-        first = True
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel)
+                # Subscribe confirmations are read here, not dropped: see _subscribe.
+                async with self.redis.pubsub() as pubsub:
+                    await self._subscribe(pubsub)
                     self.subscribed.set()
-                    if not first:
-                        log.info("resubscribed to %s; streams replay what they missed", self.channel)
-                        for subs in self.subscriptions.values():
-                            for sub in subs:
-                                sub.offer(Control.RESYNC)
-                    first = False
+                    # Nothing published before this moment reached a stream: not at the first subscription
+                    # (streams may have opened while Redis was not there yet), nor after a loss. Every
+                    # stream replays from PostgreSQL; from now on, what is published arrives live.
+                    log.info("subscribed to %s; open streams replay what they may have missed", self.channel)
+                    for subs in self.subscriptions.values():
+                        for sub in subs:
+                            sub.offer(Control.RESYNC)
                     backoff = 0.1
                     await self._listen(pubsub)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # OSError includes the TimeoutError of _subscribe
                 self.subscribed.clear()
                 log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_MAX)
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        """Subscribe, and return once Redis has confirmed it: ``subscribe()`` only sends the command, and a
+        replay that ran before Redis acted on it could miss a message published in between."""
+        await pubsub.subscribe(self.channel)
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    return
 
     async def _listen(self, pubsub: PubSub) -> None:
         while True:

@@ -1,16 +1,18 @@
 """The stream's work behind its route: what to send a user, from PostgreSQL and from the hub.
 
 PostgreSQL is the log; a message from the hub only wakes the stream up. The stream subscribes first,
-then sends every row after the last id (Last-Event-ID, or the newest id when the client brings none),
-and on each wake-up sends the rows after the last id it sent. Ids of one user commit in id order (the
-delivery activity takes a per-user lock), so "after the last id sent" never skips nor repeats a row,
-whatever Redis loses, repeats or reorders. A message that names the row before it (``previous_id``)
-as the last one sent is the next row itself and goes out without a query.
+then sends every row after the last id (Last-Event-ID, or the newest id when the client brings none or
+one above it: then ``event: resync`` says so), and on each wake-up sends the rows after the last id it
+sent. Ids of one user commit in id order (the delivery activity takes a per-user lock), so "after the
+last id sent" never skips nor repeats a row, whatever Redis loses, repeats or reorders. A message that
+names the row before it (``previous_id``) as the last one sent is the next row itself and goes out
+without a query.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ from core.auth import Principal
 from core.db import tenant_transaction
 from core.errors import TooManyRequests
 from core.models import Notification, notification_message
+from core.settings import Settings
 from web.resources import Resources
 from web.stream.hub import Control
 from web.stream.sse import HEARTBEAT, format_event, format_retry
@@ -75,16 +78,35 @@ def _notification_event(row: Notification) -> bytes:
     return format_event(json.dumps(notification_message(row)), event="notification", id=str(row.id))
 
 
+def _retry_ms(settings: Settings) -> int:
+    """This stream's ``retry:``: jittered, so that the clients of a web process that dies come back spread
+    out over a while, not in one wave."""
+    spread = settings.sse_retry_jitter
+    return round(settings.sse_retry_ms * random.uniform(1 - spread, 1 + spread))
+
+
+def _resync_event(last_id: int) -> bytes:
+    # The id moves the client's Last-Event-ID down to where this stream really starts.
+    return format_event(json.dumps({"last_event_id": last_id}), event="resync", id=str(last_id))
+
+
 async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIterator[bytes]:
     settings = res.settings
     # Subscribed before the first query, so that what commits meanwhile wakes the stream up.
     sub = res.hub.subscribe(who.organization_id, who.user_id)
     try:
-        yield format_retry(settings.sse_retry_ms)
-        # With an id from the client, send what came after it; without, start from the newest row.
-        catch_up = last_id is not None
+        yield format_retry(_retry_ms(settings))
+        newest = await _newest_id(res, who)
         if last_id is None:
-            last_id = await _newest_id(res, who)
+            last_id = newest
+        elif last_id > newest:
+            # An id above every row of the user's (from another database, or made up): live rows, whose
+            # ids are below it, would be taken for rows already sent. Start from the newest row instead,
+            # and tell the client that what it shows may lack something.
+            last_id = newest
+            yield _resync_event(last_id)
+        # With an id from the client, send what came after it; without, start from the newest row.
+        catch_up = last_id < newest
         while True:
             if catch_up:
                 async for row in _rows_after(res, who, last_id):

@@ -25,15 +25,29 @@ IDEMPOTENT_REPLAYED = Header(
 )
 
 
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
 class CreateHeaders(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
-    idempotency_key: (
-        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] | None
-    ) = Field(
+    idempotency_key: IdempotencyKey | None = Field(
         None,
         alias="Idempotency-Key",
         description="Retrying with the same key and body returns the same task and creates nothing new.",
+    )
+
+
+class ChangeHeaders(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    idempotency_key: IdempotencyKey | None = Field(
+        None,
+        alias="Idempotency-Key",
+        description=(
+            "Retrying with the same key and body applies the change once and answers the task; the same "
+            "key with another body is another change. Use a new key for each change you mean."
+        ),
     )
 
 
@@ -55,7 +69,7 @@ async def create_task(data: TaskCreate, headers: CreateHeaders) -> tuple[TaskOut
 
 
 @blueprint.get("")
-@problems(401, 422, 429)
+@problems(401, 422, 429, 503)
 @authenticated
 @validate_querystring(TaskQuery)
 @validate_response(TaskPage)
@@ -66,7 +80,7 @@ async def list_tasks(query_args: TaskQuery) -> TaskPage:
 
 
 @blueprint.get("/<uuid:task_id>")
-@problems(401, 404, 429)
+@problems(401, 404, 429, 503)
 @authenticated
 @validate_response(TaskOut)
 async def get_task(task_id: uuid.UUID) -> TaskOut:
@@ -78,10 +92,14 @@ async def get_task(task_id: uuid.UUID) -> TaskOut:
 @blueprint.patch("/<uuid:task_id>")
 @problems(400, 401, 404, 409, 413, 415, 422, 429, 503)
 @authenticated
+@validate_headers(ChangeHeaders)
 @validate_request(TaskUpdate)
 @validate_response(TaskOut)
-async def update_task(task_id: uuid.UUID, data: TaskUpdate) -> TaskOut:
-    """Change a task; a new `due_at` reschedules every reminder. 409 if the task is done or cancelled."""
+async def update_task(task_id: uuid.UUID, data: TaskUpdate, headers: ChangeHeaders) -> TaskOut:
+    """Change a task; a new `due_at` reschedules every reminder. 409 if the task is done or cancelled.
+
+    With an `Idempotency-Key`, a retry applies the change once and answers the task.
+    """
     # `null` in the body empties the field.
     cleared: tuple[ClearableField, ...] = tuple(
         name
@@ -98,35 +116,51 @@ async def update_task(task_id: uuid.UUID, data: TaskUpdate) -> TaskOut:
         clear=cleared,
         timezone=data.timezone,
     )
-    return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))
+    return await _change(task_id, change, headers)
 
 
 @blueprint.post("/<uuid:task_id>/snooze")
 @problems(400, 401, 404, 409, 413, 415, 422, 429, 503)
 @authenticated
+@validate_headers(ChangeHeaders)
 @validate_request(SnoozeRequest)
 @validate_response(TaskOut)
-async def snooze_task(task_id: uuid.UUID, data: SnoozeRequest) -> TaskOut:
-    """Move the task's due time to `until`, or `minutes` from now."""
+async def snooze_task(task_id: uuid.UUID, data: SnoozeRequest, headers: ChangeHeaders) -> TaskOut:
+    """Move the task's due time to `until`, or `minutes` from now.
+
+    With an `Idempotency-Key`, a retry snoozes once: `minutes` count from the first attempt.
+    """
     change = TaskChange(action="snooze", until=data.until, minutes=data.minutes)
-    return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))
+    return await _change(task_id, change, headers)
 
 
 @blueprint.post("/<uuid:task_id>/complete")
-@problems(401, 404, 409, 429, 503)
+@problems(401, 404, 409, 422, 429, 503)
 @authenticated
+@validate_headers(ChangeHeaders)
 @validate_response(TaskOut)
-async def complete_task(task_id: uuid.UUID) -> TaskOut:
-    """Mark the task done: no reminder of it fires any more."""
-    change = TaskChange(action="complete")
-    return TaskOut.from_state(await service.change_task(resources(), principal(), task_id, change))
+async def complete_task(task_id: uuid.UUID, headers: ChangeHeaders) -> TaskOut:
+    """Mark the task done: no reminder of it fires any more.
+
+    With an `Idempotency-Key`, a retry answers the done task instead of 409.
+    """
+    return await _change(task_id, TaskChange(action="complete"), headers)
 
 
 @blueprint.delete("/<uuid:task_id>")
-@problems(401, 404, 409, 429, 503)
+@problems(401, 404, 409, 422, 429, 503)
 @responds(204, "Cancelled.")
 @authenticated
-async def cancel_task(task_id: uuid.UUID) -> Response:
-    """Cancel the task (status `cancelled`): no reminder of it fires any more."""
-    await service.change_task(resources(), principal(), task_id, TaskChange(action="cancel"))
+@validate_headers(ChangeHeaders)
+async def cancel_task(task_id: uuid.UUID, headers: ChangeHeaders) -> Response:
+    """Cancel the task (status `cancelled`): no reminder of it fires any more.
+
+    With an `Idempotency-Key`, a retry answers 204 again instead of 409.
+    """
+    await _change(task_id, TaskChange(action="cancel"), headers)
     return Response(status=204)
+
+
+async def _change(task_id: uuid.UUID, change: TaskChange, headers: ChangeHeaders) -> TaskOut:
+    state = await service.change_task(resources(), principal(), task_id, change, headers.idempotency_key)
+    return TaskOut.from_state(state)

@@ -3,6 +3,12 @@
 The workflow is the only writer of the task's row (docs/decisions.md): a create starts it with
 update-with-start and a change is an Update; both return once the workflow has saved the row, so the
 answer and a following GET agree.
+
+What a timeout leaves behind differs. The start of a create is durable: its workflow writes the row once
+a worker runs. An Update no worker has accepted is held in the Temporal server's memory only: it may
+apply when a worker comes, or never (a server restart drops it). An Idempotency-Key makes a retry safe
+for both: a create's key names the task, a change's key becomes its ``request_id``, which the workflow
+applies once.
 """
 
 from __future__ import annotations
@@ -68,19 +74,54 @@ def _search_attributes(state: TaskState) -> TypedSearchAttributes:
     )
 
 
-async def _confirmed(res: Resources, call: Awaitable[T]) -> T:
-    """Wait for the workflow's answer; 503 if Temporal or the worker does not give it in time."""
+async def _confirmed(res: Resources, call: Awaitable[T], *, unconfirmed: str) -> T:
+    """Wait for the workflow's answer; 503 if Temporal or the worker does not give it in time, saying
+    ``unconfirmed``: what became of the request, which only the caller knows."""
     try:
         async with asyncio.timeout(res.settings.change_timeout_seconds):
             return await call
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         # The SDK turns the timeout's cancellation into its own error.
-        raise Unavailable(
-            "No worker confirmed the change in time. It is recorded and will apply once a worker runs; "
-            "retry with the same Idempotency-Key to get the result."
-        ) from exc
+        raise Unavailable(f"No worker confirmed it in time. {unconfirmed}") from exc
     except RPCError as exc:
         raise Unavailable(f"Temporal is unavailable ({exc.status.name}); retry shortly.") from exc
+
+
+def _create_unconfirmed(idempotency_key: str | None) -> str:
+    if idempotency_key is not None:
+        return (
+            "If its start reached Temporal, the task is created once a worker runs; retry with the same "
+            "Idempotency-Key to get it without creating a second one."
+        )
+    return (
+        "If its start reached Temporal, the task is created once a worker runs, and a retry would create "
+        "a second one: send an Idempotency-Key to make retries safe."
+    )
+
+
+def _change_unconfirmed(idempotency_key: str | None) -> str:
+    # An Update no worker accepted is held in the server's memory only: it may apply later, or never.
+    if idempotency_key is not None:
+        return (
+            "The change may or may not apply; retry with the same Idempotency-Key and body: it applies "
+            "once however often it is sent."
+        )
+    return (
+        "The change may or may not apply; read the task before you retry it, or send an Idempotency-Key "
+        "so that a retry applies once."
+    )
+
+
+def _change_request_id(who: Principal, task_id: uuid.UUID, change: TaskChange, idempotency_key: str) -> str:
+    """The id the workflow deduplicates a change by (TaskChange.request_id), from the caller's key.
+
+    It covers the change itself too: the same key sent with another change is another request, never
+    answered with the outcome of the first one.
+    """
+    material = "\0".join(
+        (who.organization_id, who.user_id, idempotency_key, str(task_id), change.model_dump_json())
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def _request_hash(body: TaskCreate) -> str:
@@ -159,6 +200,7 @@ async def create_task(
             res.temporal.execute_update_with_start_workflow(
                 SYNC_UPDATE, start_workflow_operation=start, result_type=TaskState
             ),
+            unconfirmed=_create_unconfirmed(idempotency_key),
         )
     except WorkflowAlreadyStartedError:
         # Closed already (completed or cancelled) after an earlier request with this key.
@@ -171,11 +213,21 @@ async def create_task(
     return saved, saved.created_at == now
 
 
-async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change: TaskChange) -> TaskState:
+async def change_task(
+    res: Resources,
+    who: Principal,
+    task_id: uuid.UUID,
+    change: TaskChange,
+    idempotency_key: str | None = None,
+) -> TaskState:
     """Send a change to the task's workflow; it answers once the row shows it. The change names the
     caller's organization, so that the workflow refuses it for a task of another one, as it does a
-    signal's (the read below answers 404 for such a task first)."""
+    signal's (the read below answers 404 for such a task first). With an Idempotency-Key, a retry of
+    the change applies once and answers the task."""
     change = change.model_copy(update={"organization_id": who.organization_id})
+    if idempotency_key is not None:
+        request_id = _change_request_id(who, task_id, change, idempotency_key)
+        change = change.model_copy(update={"request_id": request_id})
     row = await get_task(res, who, task_id)
     if change.recurrence is not None:
         await _check_recurrence(
@@ -183,7 +235,15 @@ async def change_task(res: Resources, who: Principal, task_id: uuid.UUID, change
         )
     handle = res.temporal.get_workflow_handle(task_workflow_id(task_id))
     try:
-        return await _confirmed(res, handle.execute_update(CHANGE_UPDATE, change, result_type=TaskState))
+        return await _confirmed(
+            res,
+            # The request id doubles as the Update's id. Temporal answers a retry with the first
+            # attempt's outcome, while it runs and after, the workflow closed by it included (a retried
+            # complete or cancel); the workflow itself (TaskChange.request_id) catches a retry that
+            # reaches a later run, after a continue-as-new.
+            handle.execute_update(CHANGE_UPDATE, change, id=change.request_id, result_type=TaskState),
+            unconfirmed=_change_unconfirmed(idempotency_key),
+        )
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         if isinstance(cause, ApplicationError) and cause.type == CHANGE_CONFLICTS:

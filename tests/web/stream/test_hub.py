@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from core.payloads import NotificationEvent
-from core.pubsub import publish
+from core.pubsub import make_redis, publish
 from core.settings import Settings
 from tests.helpers import new_org, wait_until
+from tickler import devstack
 from web.stream.hub import Control, StreamHub, StreamItem, Subscription
 
 HubFactory = Callable[..., Awaitable[StreamHub]]
@@ -185,3 +187,27 @@ async def test_after_the_connection_is_killed_the_hub_resubscribes_and_resyncs(
     assert await next_item(bo) == event(org, "8", 2)
     assert ana.queue.empty()
     assert bo.queue.empty()
+
+
+async def test_the_first_subscription_resyncs_the_streams_opened_before_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A web process whose Redis is not there yet serves streams all the same; what was published before
+    the hub first subscribes reached none of them, so each must replay it."""
+    port = devstack.free_port()
+    client = make_redis(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}))
+    hub = StreamHub(client, f"{settings.redis_channel}-first-{uuid.uuid4().hex[:8]}", 16)
+    server: devstack.ManagedProcess | None = None
+    try:
+        await hub.start(wait_seconds=0.1)
+        assert not hub.subscribed.is_set()
+        early = hub.subscribe(new_org(), "7")
+        server = devstack.start_redis(tmp_path, port)
+        assert await next_item(early) is Control.RESYNC
+        assert hub.subscribed.is_set()
+        assert early.queue.empty()
+    finally:
+        await hub.stop()
+        await client.aclose()
+        if server is not None:
+            server.stop()

@@ -10,10 +10,18 @@ export class ApiError extends Error {
 
 const UNREACHABLE = "Tickler cannot be reached. Check your connection; the page keeps trying.";
 
-export async function api(method, path, { body, token } = {}) {
+// A fresh Idempotency-Key. crypto.randomUUID exists in secure contexts only (https, localhost); the page
+// may also be served over plain http on a private network, where getRandomValues still works.
+export function newIdempotencyKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function api(method, path, { body, token, idempotencyKey } = {}) {
   const headers = { Accept: "application/json, application/problem+json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (token) headers.Authorization = `Bearer ${token}`;
+  if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
   let response;
   try {
     response = await fetch(path, {

@@ -71,6 +71,12 @@ export class NotificationStream {
       if (this.lastId === null || id > this.lastId) this.lastId = id;
       this.handlers.notification(data);
     });
+    // Our Last-Event-ID was above every notification of ours (another database's): the stream starts from
+    // the newest one instead, and what the page shows may lack something.
+    source.addEventListener("resync", (event) => {
+      this.lastId = Number(event.lastEventId);
+      this.handlers.resync();
+    });
     source.addEventListener("notification.read", (event) => {
       const data = parse(event.data);
       if (data) this.handlers.read(data);
@@ -84,7 +90,8 @@ export class NotificationStream {
   retry() {
     this.failures += 1;
     const base = Math.min(MAX_BACKOFF_SECONDS, 2 ** (this.failures - 1));
-    const seconds = base * (0.75 + Math.random() * 0.5);
+    // Half to one and a half times: the pages a dead web process served come back spread out.
+    const seconds = base * (0.5 + Math.random());
     this.handlers.state("offline", Math.ceil(seconds));
     this.timer = setTimeout(async () => {
       this.timer = null;

@@ -1,6 +1,6 @@
 // My open tasks, soonest due first: adding one, and done, snooze, reschedule and delete on each row.
 
-import { ApiError, api } from "./api.js";
+import { ApiError, api, newIdempotencyKey } from "./api.js";
 import { keyedRow, renderKeyed } from "./keyed-list.js";
 import { announce, clearError, failed, showError } from "./messages.js";
 import { formatRelative, formatTime, fromLocalInput, timeZone, toLocalInput, toRfc3339 } from "./time.js";
@@ -14,6 +14,9 @@ const state = {
   tasks: [],
   cursor: null,
   rerender: null,
+  // The create not answered yet: its body and key. Submitting the same body again retries it with the
+  // same key, so that a create whose answer was lost is not made twice.
+  creating: null,
 };
 
 // Signed in: whose tasks to list, and the form's defaults.
@@ -28,6 +31,7 @@ export function clearTasks() {
   state.assignee = null;
   state.tasks = [];
   state.cursor = null;
+  state.creating = null;
   clearTimeout(state.rerender);
   $("task-list").replaceChildren();
   $("tasks").hidden = true;
@@ -163,10 +167,14 @@ async function createTask(event) {
     showError("Give the task a title and a due time.");
     return;
   }
+  const body = { title, due_at: toRfc3339(due), timezone: timeZone };
+  const text = JSON.stringify(body);
+  if (state.creating?.text !== text) state.creating = { text, key: newIdempotencyKey() };
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
-    const task = await api("POST", "/v1/tasks", { body: { title, due_at: toRfc3339(due), timezone: timeZone } });
+    const task = await api("POST", "/v1/tasks", { body, idempotencyKey: state.creating.key });
+    state.creating = null;
     clearError();
     putTask(task);
     $("task-title").value = "";
