@@ -87,8 +87,17 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description=(
-            "Port of the worker's /healthz, answered from a thread of its own: 503 while the event loop is "
-            "blocked for TICKLER_EVENT_LOOP_BLOCK_SECONDS or more, else 200 (0: no endpoint)."
+            "Port of the worker's /healthz and /readyz, answered from a thread of its own: /healthz 503 "
+            "while the event loop is blocked for TICKLER_EVENT_LOOP_BLOCK_SECONDS or more; /readyz 503 also "
+            "while PostgreSQL, Redis or Temporal does not answer (0: no endpoint)."
+        ),
+    )
+    worker_graceful_shutdown_seconds: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "On SIGTERM the worker stops polling and gives the activities in hand (a delivery) this long to "
+            "finish before it cancels them; keep it below the orchestrator's kill timeout."
         ),
     )
     # Worker tuning: what each default gave is in docs/performance.md.

@@ -26,6 +26,12 @@ from tickler.migrate import upgrade
 
 log = logging.getLogger("tickler.run")
 
+# A replica that exits sooner than this after its start is started again after a growing back-off.
+_QUICK_EXIT = 10.0
+_MAX_BACKOFF = 30.0
+# PostgreSQL connections beside the pools (migrations, psql, the bench's reads).
+_SPARE_CONNECTIONS = 10
+
 
 class _Failed(Exception):
     """A process of the stack did not start, or exited: the stack stops, `tickler run` exits 1."""
@@ -53,7 +59,7 @@ def run_stack(settings: Settings, replicas: int = 1) -> int:
     env = dict(os.environ)
     processes: list[devstack.ManagedProcess] = []
     try:
-        _start_servers(settings, env, processes, stop)
+        _start_servers(settings, env, processes, stop, replicas)
         if stop.is_set():
             return 0
         _migrate(settings, env)
@@ -90,17 +96,26 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _start_servers(
-    settings: Settings, env: dict[str, str], processes: list[devstack.ManagedProcess], stop: threading.Event
+    settings: Settings,
+    env: dict[str, str],
+    processes: list[devstack.ManagedProcess],
+    stop: threading.Event,
+    replicas: int = 1,
 ) -> None:
     """Start each server whose address is not configured, and give its address to the children's env."""
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Each worker and web process may open its pool and as many again (docs/scaling.md): from three
+    # replicas on, that passes PostgreSQL's default of 100 connections.
+    max_connections = None
+    if replicas > 1:
+        max_connections = max(100, 2 * replicas * 2 * settings.database_pool_size + _SPARE_CONNECTIONS)
     servers: list[tuple[str, str, str, Callable[[], devstack.ManagedProcess]]] = [
         (
             "PostgreSQL",
             "database_url",
             "TICKLER_DATABASE_URL",
-            lambda: devstack.start_postgres(data_dir, settings.embedded_postgres_port),
+            lambda: devstack.start_postgres(data_dir, settings.embedded_postgres_port, max_connections),
         ),
         (
             "Redis",
@@ -185,10 +200,6 @@ class _Replica:
         processes[processes.index(old)] = self.process
         self.started, self.restart_at = now, None
         log.info("%s started again (pid %d)", self.name, self.process.popen.pid)
-
-
-_QUICK_EXIT = 10.0
-_MAX_BACKOFF = 30.0
 
 
 def _replica_ports_in_use(web_port: int, replicas: int) -> str:

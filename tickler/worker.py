@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from temporalio.client import Client
@@ -18,6 +20,7 @@ from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRu
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.tasks import TaskActivities
+from core import readiness
 from core.db import make_engine, make_sessionmaker
 from core.gcwatch import Deliveries, collection_schedule
 from core.pubsub import make_redis
@@ -105,8 +108,30 @@ def build_worker(
         task_queue=settings.temporal_task_queue,
         workflows=[TaskWorkflow],
         activities=[activities.save_task, activities.next_occurrence, activities.deliver_reminder],
+        # The SDK's default is 0: a delivery in hand at SIGTERM was cancelled (then retried elsewhere).
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         **(options or WorkerOptions.of(settings)).worker_arguments(),
     )
+
+
+def readiness_check(
+    loop: asyncio.AbstractEventLoop, watchdog: LoopWatchdog, checks: Mapping[str, readiness.Check]
+) -> Callable[[], str | None]:
+    """/readyz for the health endpoint's thread: the loop's health, then each dependency, asked on the
+    loop (a blocked loop cannot answer: that is the first thing said)."""
+
+    def check() -> str | None:
+        if problem := watchdog.problem():
+            return problem
+        future = asyncio.run_coroutine_threadsafe(readiness.check_all(checks), loop)
+        try:
+            down = future.result(timeout=readiness.CHECK_TIMEOUT_SECONDS * 2)
+        except TimeoutError:
+            future.cancel()
+            return "the event loop did not answer"
+        return "; ".join(f"{name}: {why}" for name, why in down.items()) or None
+
+    return check
 
 
 async def run_worker(settings: Settings, options: WorkerOptions | None = None) -> None:
@@ -141,7 +166,12 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
         # Not on the event loop, which is what it checks: a blocked loop answers 503, not nothing.
         health: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if settings.worker_health_port:
-            checks = {"/healthz": watchdog.problem}
+            dependencies = {
+                "postgresql": readiness.postgresql(engine),
+                "redis": readiness.redis(redis),
+                "temporal": readiness.temporal(client),
+            }
+            checks = {"/healthz": watchdog.problem, "/readyz": readiness_check(loop, watchdog, dependencies)}
             health = HealthServer(settings.worker_health_host, settings.worker_health_port, checks)
         async with watchdog, health, worker, schedule as frozen:
             log.info(

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner
 
+from activities.tasks import TaskActivities
 from core.settings import Settings
 from tests.helpers import start_task, task_state, wait_until
 from tickler import devstack
-from tickler.worker import WorkerOptions
+from tickler.worker import WorkerOptions, build_worker
 
 
 @dataclass
@@ -51,6 +54,18 @@ def test_options_leave_the_sdk_defaults_but_the_product_takes_its_settings() -> 
     assert isinstance(product["workflow_runner"], UnsandboxedWorkflowRunner)
     sandboxed = WorkerOptions.of(settings.model_copy(update={"worker_sandboxed": True}))
     assert "workflow_runner" not in sandboxed.worker_arguments(), "the SDK's default runner is the sandbox"
+
+
+async def test_a_worker_gives_its_activities_in_hand_time_to_finish_at_shutdown(
+    temporal: Client, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
+) -> None:
+    """The SDK's default is 0 s: a delivery in hand at SIGTERM was cancelled."""
+    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    patient = settings.model_copy(
+        update={"worker_graceful_shutdown_seconds": 7, "temporal_task_queue": f"patient-{uuid.uuid4().hex}"}
+    )
+    worker = build_worker(temporal, patient, activities)
+    assert worker.config()["graceful_shutdown_timeout"] == timedelta(seconds=7)
 
 
 @pytest.fixture
@@ -119,6 +134,9 @@ async def test_the_worker_answers_its_health_check_and_counts_failed_workflow_ta
     response = await wait_until(healthz, within=20, what="the worker's /healthz")
     assert response is not None
     assert (response.status_code, response.text) == (200, "ok\n")
+    async with httpx.AsyncClient() as client:
+        ready = await client.get(f"http://127.0.0.1:{worker_process.health_port}/readyz")
+    assert (ready.status_code, ready.text) == (200, "ok\n"), "PostgreSQL, Redis and Temporal all answer"
 
     # A workflow type the worker does not know: each of its workflow tasks fails, and is retried.
     handle = await temporal.start_workflow(

@@ -13,10 +13,10 @@ import pytest
 from quart import Quart
 from temporalio.client import Client
 
+from core.readiness import CHECK_TIMEOUT_SECONDS
 from core.settings import Settings
 from tests.helpers import serve_app, wait_until
 from tickler import devstack
-from web.health import CHECK_TIMEOUT_SECONDS
 from web.resources import EXTENSION_KEY, Resources
 
 # Longer than the readiness checks take when a dependency hangs, shorter than any client timeout of theirs.

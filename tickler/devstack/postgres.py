@@ -33,7 +33,8 @@ _MAX_SOCKET_PATH = 107
 _GROUP_OTHERS_RX = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
 
 
-def start_postgres(data_dir: Path, port: int) -> ManagedProcess:
+def start_postgres(data_dir: Path, port: int, max_connections: int | None = None) -> ManagedProcess:
+    """``max_connections``: None keeps PostgreSQL's default (100)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "postgres"
@@ -56,6 +57,8 @@ def start_postgres(data_dir: Path, port: int) -> ManagedProcess:
     ]  # fmt: skip
     if preload:
         argv += ["-c", "shared_preload_libraries=pg_stat_statements"]
+    if max_connections is not None:
+        argv += ["-c", f"max_connections={max_connections}"]
 
     def ready(process: ManagedProcess, deadline: float) -> None:
         # The port opens before recovery ends; until then connections fail with "starting up".

@@ -17,11 +17,14 @@ from tickler.devstack.process import STARTUP_TIMEOUT, ManagedProcess, spawn, wai
 
 HAPROXY = "haproxy"
 INSTALL = "apt-get install haproxy"
+# The route of web/stream/routes.py, which the proxy treats apart.
+STREAM_PATH = "/v1/notifications/stream"
 # Where Debian puts it: /usr/sbin is on root's PATH, often not on a user's.
 _DEBIAN_HAPROXY = Path("/usr/sbin/haproxy")
 _CHECK_TIMEOUT = 30.0
 
-# What each line is for, in production terms (docs/scaling.md, "The proxy"):
+# What each line is for, in production terms (docs/scaling.md, "What the proxy must do for SSE"; the
+# figures behind them are in docs/decisions.md §20):
 # - no buffering: HAProxy forwards a response's bytes as they come; nothing here turns on what would
 #   hold them (`compression`, `option http-buffer-request` is for request bodies and is off anyway).
 # - `option http-no-delay`: without it HAProxy sends with MSG_MORE, and the kernel may hold a small
@@ -35,9 +38,11 @@ _CHECK_TIMEOUT = 30.0
 #   sent to another server at once, so no client sees the dead one, even before its checks fail. A GET
 #   or HEAD is also sent again when its server closed without a word (a process dying as it accepted,
 #   a kept-alive connection closed by a restart); other methods are not, as the server may have acted.
+#   Nor is the stream: the copy such a retry needs is a buffer held for the connection's life, which
+#   nearly quadrupled HAProxy's memory per open stream; the page retries a 502 itself.
 # - the active check takes a server out after `fall` failed checks and back after `rise` good ones;
-#   `fall 3`, with `timeout check` each, rides out a full garbage collection of a web process with 10,000
-#   streams (1.3 s measured, docs/performance.md) rather than cut its streams.
+#   `fall 3`, with `timeout check` each, rides out a full garbage collection of a web process holding
+#   thousands of streams (docs/performance.md) rather than cut its streams.
 # - `on-marked-down shutdown-sessions`: the streams of a web process that stops answering its checks are
 #   cut, so that their clients reconnect to one that answers instead of waiting on a silent stream.
 #   (Not with `observe layer4`, which marks a server down on a refused connection: its shutdown also
@@ -79,7 +84,7 @@ frontend tickler
 backend web
     balance leastconn
     retry-on conn-failure empty-response
-    http-request disable-l7-retry unless METH_GET
+    http-request disable-l7-retry if !METH_GET or { path $stream_path }
     option httpchk
     http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host tickler-proxy
     http-check expect status 200
@@ -127,6 +132,7 @@ def render_config(
     heartbeat (four of them, and never under a minute)."""
     return TEMPLATE.substitute(
         replicas=len(backends),
+        stream_path=STREAM_PATH,
         bind=_address(host, port),
         idle_timeout=_duration(max(60.0, 4 * heartbeat_seconds)),
         check_interval=_duration(check_interval_seconds),
