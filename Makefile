@@ -12,7 +12,7 @@ RUNTIME_LOCK := requirements/runtime.lock
 # The resolver, installed into .venv by `make lock` only: `make run` and `make test` need pip alone.
 UV_VERSION := 0.13.9
 
-.PHONY: run test test-fast lint fmt bench histories lock upgrade clean
+.PHONY: run test test-fast lint fmt bench histories lock upgrade clean chaos
 
 # The lock's setuptools builds the project (--no-build-isolation), so nothing unhashed is fetched.
 $(STAMP): pyproject.toml $(DEV_LOCK)
@@ -71,3 +71,9 @@ upgrade:
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .coverage
+
+# The chaos suite (issue 13), not part of `make test` (tests/chaos/ runs one short case of each): faults
+# injected into `tickler run --replicas 2` under streaming clients, report under chaos/results/<time>/;
+# exits 1 if a "must hold" fails. CHAOS_ARGS="--scale small" for a quick run.
+chaos: $(STAMP)
+	$(BIN)/python -m chaos $(CHAOS_ARGS)

@@ -1,0 +1,231 @@
+"""`tickler run --replicas 2` as a subprocess in a data dir of its own, on free ports, and the handles a
+fault needs: the pid of each process by role, the database, tokens for the clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+from pydantic import SecretStr
+
+from core.auth import mint_token
+from core.settings import Settings
+from tickler import devstack
+from tickler.devstack.process import log_tail
+
+REPLICAS = 2
+SECRET = "chaos-secret-of-at-least-thirty-two-bytes"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+# Long enough for the longest scenario: a stream ends when its token expires.
+TOKEN_TTL_SECONDS = 3600
+# Idle streams send a heartbeat this often; the proxy's idle timeouts follow it.
+HEARTBEAT_SECONDS = 2.0
+
+
+class StackFailed(RuntimeError):
+    """`tickler run` did not come up, or exited under a scenario."""
+
+
+@dataclass
+class Stack:
+    """One running `tickler run --replicas 2`: its ports, its process, its log."""
+
+    data_dir: Path
+    port: int
+    postgres_port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    settings: Settings = field(
+        default_factory=lambda: Settings(jwt_secret=SecretStr(SECRET), jwt_issuer=None, jwt_audience=None)
+    )
+
+    @classmethod
+    def in_dir(cls, root: Path) -> Stack:
+        """A stack whose data and log live under ``root``, on free 127.0.0.1 ports."""
+        haproxy = devstack.haproxy_executable()
+        data_dir = root / "data"
+        # Nothing of the caller's TICKLER_* variables: each would count as configured, or move a port.
+        env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+        env["PATH"] = os.pathsep.join([str(Path(haproxy).parent), env.get("PATH", "")])
+        port = _free_ports(REPLICAS + 1)
+        postgres_port = devstack.free_port()
+        env.update(
+            PYTHONUNBUFFERED="1",
+            TICKLER_DATA_DIR=str(data_dir),
+            TICKLER_WEB_HOST="127.0.0.1",
+            TICKLER_WEB_PORT=str(port),
+            TICKLER_TEMPORAL_UI_PORT=str(devstack.free_port()),
+            TICKLER_EMBEDDED_POSTGRES_PORT=str(postgres_port),
+            TICKLER_EMBEDDED_REDIS_PORT=str(devstack.free_port()),
+            TICKLER_EMBEDDED_TEMPORAL_PORT=str(devstack.free_port()),
+            TICKLER_JWT_SECRET=SECRET,
+            TICKLER_LOG_LEVEL="INFO",
+            TICKLER_SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
+            # The suite's clients create reminders by the thousand from one user's budget.
+            TICKLER_RATE_LIMIT_PER_MINUTE="0",
+        )
+        return cls(data_dir=data_dir, port=port, postgres_port=postgres_port, env=env)
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def web_ports(self) -> list[int]:
+        return [self.port + n for n in range(1, REPLICAS + 1)]
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "tickler-run.log"
+
+    @property
+    def database_dsn(self) -> str:
+        # The login role of the embedded PostgreSQL (tickler/devstack/postgres.py), as asyncpg spells it.
+        return f"postgresql://tickler@127.0.0.1:{self.postgres_port}/tickler"
+
+    def start(self) -> float:
+        """Start `tickler run --replicas 2` and wait until it says it is up; the seconds it took."""
+        began = time.monotonic()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tickler", "run", "--replicas", str(REPLICAS)],
+                env=self.env,
+                # Not the project root: a developer's .env there must not leak in.
+                cwd=self.data_dir.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = began + START_TIMEOUT
+        while "Tickler is up" not in self.log_path.read_text(errors="replace"):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise StackFailed(f"`tickler run` not up within {START_TIMEOUT} s{self.log_tail()}")
+            time.sleep(0.1)
+        return time.monotonic() - began
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # The kernel takes the children along (they die with their parent).
+            self.proc.kill()
+            self.proc.wait()
+
+    def check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise StackFailed(f"`tickler run` exited with {code}{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return log_tail(self.log_path, 4000) + log_tail(self.data_dir / "haproxy.log", 2000)
+
+    def pids(self, role: str) -> list[int]:
+        """The pids of `tickler run`'s children of ``role``: "worker", "web" or "redis"."""
+        assert self.proc is not None
+        found = []
+        for child in psutil.Process(self.proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                argv = child.cmdline()
+                # Redis rewrites its process title ("redis-server 127.0.0.1:port"): its name is stable.
+                redis = role == "redis" and child.name() == "redis-server"
+                if redis or argv[1:4] == ["-m", "tickler", role]:
+                    found.append(child.pid)
+        return sorted(found)
+
+    def web_pid(self, port: int) -> int:
+        assert self.proc is not None
+        for child in psutil.Process(self.proc.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "web" in child.cmdline() and child.environ().get("TICKLER_WEB_PORT") == str(port):
+                    return child.pid
+        raise StackFailed(f"no web process on port {port}")
+
+    async def whole(self, client: httpx.AsyncClient, within: float = 60.0) -> float:
+        """Wait until both workers run and both web processes answer /healthz through the proxy's
+        check; the seconds it took. Each scenario starts from a whole stack."""
+        began = time.monotonic()
+        deadline = began + within
+        while True:
+            self.check_alive()
+            healthy = [await _healthz(client, f"http://127.0.0.1:{p}/healthz") for p in self.web_ports]
+            log = (self.data_dir / "haproxy.log").read_text(errors="replace")
+            # The proxy's last word on each web process is UP (or it never took one out).
+            up = all(log.rfind(f"web/web-{n} is UP") >= log.rfind(f"web/web-{n} is DOWN") for n in (1, 2))
+            if len(self.pids("worker")) == REPLICAS and all(h is not None for h in healthy) and up:
+                return time.monotonic() - began
+            if time.monotonic() > deadline:
+                raise StackFailed(f"the stack not whole again within {within} s{self.log_tail()}")
+            await asyncio.sleep(0.25)
+
+    def headers(self, org: str, user: str) -> dict[str, str]:
+        token = mint_token(self.settings, user_id=user, organization_id=org, ttl_seconds=TOKEN_TTL_SECONDS)
+        return {"Authorization": f"Bearer {token}"}
+
+    async def notification_counts(self, org: str, task_ids: list[str]) -> dict[str, int]:
+        """Rows per task in ``org``'s notifications (row-level security: the org is set first)."""
+        conn = await asyncpg.connect(self.database_dsn, timeout=10)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('tickler.organization_id', $1, true)", org)
+                rows = await conn.fetch(
+                    "SELECT task_id::text AS task_id, count(*) AS n FROM notifications "
+                    "WHERE task_id::text = ANY($1::text[]) GROUP BY task_id",
+                    task_ids,
+                    timeout=30,
+                )
+        finally:
+            await conn.close()
+        return {row["task_id"]: int(row["n"]) for row in rows}
+
+
+async def _healthz(client: httpx.AsyncClient, url: str) -> dict[str, object] | None:
+    try:
+        response = await client.get(url, timeout=2.0)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+async def stream_counts(client: httpx.AsyncClient, stack: Stack) -> dict[int, int]:
+    """Open streams per web port, as each web process's /healthz counts them."""
+    counts = {}
+    for port in stack.web_ports:
+        health = await _healthz(client, f"http://127.0.0.1:{port}/healthz")
+        counts[port] = int(str(health["streams"])) if health else 0
+    return counts
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports: the proxy's, then one per web process."""
+    for _ in range(100):
+        first = devstack.free_port()
+        if first + count <= 65536 and all(_bindable(p) for p in range(first + 1, first + count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
