@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import statistics
 import time
 import uuid
@@ -15,11 +16,14 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
+from redis.asyncio import Redis
 
-from chaos.clients import Crowd, StreamClient
+from chaos.clients import STREAM, Crowd, StreamClient
 from chaos.report import Outcome
-from chaos.stack import Stack, stream_counts
+from chaos.stack import REPLICAS, Stack, stream_counts
+from core.payloads import NotificationEvent
 
 # Creating tasks through the proxy, this many at a time.
 CREATE_CONCURRENCY = 32
@@ -29,6 +33,12 @@ CREATE_LEAD = 8.0
 # After the last expected event, how long to keep listening for a duplicate.
 SETTLE = 3.0
 OPEN_WITHIN = 120.0
+# What the worker logs for each failed attempt of a delivery (it is retried), and the web process for each
+# 503 that PostgreSQL's statement timeout (TICKLER_DATABASE_STATEMENT_TIMEOUT_MS) caused.
+DELIVERY_FAILED = ("Completing activity as failed", "'deliver_reminder'")
+STATEMENT_TIMEOUT = ("answered 503", "canceling statement due to statement timeout")
+# What a web process logs when it cuts off a stream whose client stopped reading (web/stream/routes.py).
+CUT_OFF = "cut off a stream that took no write"
 # A creation that meets a dying web process (a 502 from the proxy, a reset) is sent again, this often.
 CREATE_ATTEMPTS = 5
 RETRIED = {502, 503, 504}
@@ -41,13 +51,35 @@ class Scale:
     web_streams: int = 2000
     redis_streams: int = 200
     redis_outage: float = 10.0
+    # PostgreSQL hangs: the notifications table locked this long, one reminder per user due through it.
+    lock_hold: float = 60.0
+    lock_users: int = 50
+    # A client that stops reading, beside this many that stream (and get a reminder each meanwhile).
+    stall_streams: int = 50
+    # After the web process frees its slot, how long to watch for the proxy ending the client's connection
+    # (HAProxy's `timeout client` is 60 s).
+    stall_proxy_watch: float = 70.0
+    # Rolling restart: a reminder due every `roll_every` s for `roll_seconds`, to `roll_users` users.
+    roll_seconds: float = 180.0
+    roll_every: float = 0.1
+    roll_users: int = 50
     # From the fault until every expected event must have arrived.
     deliver_within: float = 180.0
 
 
 SCALES = {
     "full": Scale(),
-    "small": Scale(burst=200, web_streams=200, redis_streams=50, deliver_within=120.0),
+    "small": Scale(
+        burst=200,
+        web_streams=200,
+        redis_streams=50,
+        lock_hold=30.0,
+        lock_users=50,
+        stall_streams=50,
+        roll_seconds=60.0,
+        roll_users=20,
+        deliver_within=120.0,
+    ),
 }
 
 
@@ -62,14 +94,15 @@ async def _create(
     users: list[str],
     due: datetime,
     notes: list[str] | None = None,
+    every: float = 0.0,
 ) -> dict[str, str]:
-    """One reminder due at ``due`` per entry of ``users``; task id -> user."""
+    """One reminder per entry of ``users``, the n-th due at ``due`` + n * ``every`` s; task id -> user."""
     gate = asyncio.Semaphore(CREATE_CONCURRENCY)
     created: dict[str, str] = {}
 
     async def one(n: int, user: str) -> None:
         headers = {**stack.headers(org, user), "Idempotency-Key": f"{org}-{n}"}
-        body = {"title": f"chaos {n}", "due_at": due.isoformat()}
+        body = {"title": f"chaos {n}", "due_at": (due + timedelta(seconds=n * every)).isoformat()}
         for attempt in range(CREATE_ATTEMPTS):
             async with gate:
                 try:
@@ -257,8 +290,350 @@ async def redis_stopped(stack: Stack, scale: Scale) -> Outcome:
     return outcome
 
 
+# The API calls made while PostgreSQL hangs: reads and a write of the locked table, and one that does not
+# touch it. Each must end with its answer (200, or 503 with Retry-After) within API_BOUND seconds: the
+# statement timeout (TICKLER_DATABASE_STATEMENT_TIMEOUT_MS, 5 s), the client's 1 s after it, and room.
+API_CALLS = (
+    ("GET", "/v1/notifications"),
+    ("GET", "/v1/notifications/unread-count"),
+    ("POST", "/v1/notifications/read-all"),
+    ("GET", "/v1/tasks"),
+)
+API_CALLERS = 4
+API_BOUND = 10.0
+# A call with no answer after this long is a hang.
+API_HANG = 30.0
+
+
+@dataclass
+class ApiCall:
+    method: str
+    path: str
+    status: int  # 0: no answer (a transport error or a hang)
+    seconds: float
+    retry_after: str | None
+
+
+async def _call_api(
+    http: httpx.AsyncClient, headers: dict[str, str], stop: asyncio.Event, n: int
+) -> list[ApiCall]:
+    """The API calls of one caller, one after another until ``stop``, from the ``n``-th of API_CALLS."""
+    calls = []
+    while not stop.is_set():
+        method, path = API_CALLS[n % len(API_CALLS)]
+        n += 1
+        began = time.monotonic()
+        try:
+            response = await http.request(method, path, headers=headers, timeout=API_HANG)
+        except httpx.TransportError:
+            calls.append(ApiCall(method, path, 0, time.monotonic() - began, None))
+        else:
+            seconds = time.monotonic() - began
+            calls.append(
+                ApiCall(method, path, response.status_code, seconds, response.headers.get("Retry-After"))
+            )
+        await asyncio.sleep(0.1)
+    return calls
+
+
+async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
+    """PostgreSQL hangs: a second connection holds an ACCESS EXCLUSIVE lock on the notifications table in
+    an open transaction, one reminder per user falling due through it, API calls continuing."""
+    outcome = Outcome(
+        name="PostgreSQL hangs",
+        fault=f"LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE held {scale.lock_hold:.0f} s from a "
+        f"second connection, {scale.lock_users} reminders (one per streaming user) due through it, "
+        f"{API_CALLERS} API callers continuing; then the transaction rolls back.",
+        reminders=scale.lock_users,
+        streams=scale.lock_users,
+    )
+    org = f"chaos-{uuid.uuid4().hex[:10]}"
+    crowd = Crowd(stack.proxy, _users(org, scale.lock_users, stack))
+    failed_before = stack.log_count(*DELIVERY_FAILED)
+    timeouts_before = stack.log_count(*STATEMENT_TIMEOUT)
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
+        await crowd.all_open(OPEN_WITHIN)
+        first = _due_in(scale.lock_users)
+        # Due from 1 s after the lock is taken to 1 s before it goes.
+        every = max(0.0, scale.lock_hold - 2.0) / max(1, scale.lock_users - 1)
+        users = [c.user for c in crowd.clients]
+        expected = await _create(http, stack, org, users, first, outcome.notes, every)
+        await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() - 1.0))
+        stop = asyncio.Event()
+        callers = [
+            asyncio.create_task(_call_api(http, stack.headers(org, users[n % len(users)]), stop, n))
+            for n in range(API_CALLERS)
+        ]
+        locker = await asyncpg.connect(stack.database_dsn, timeout=10)
+        try:
+            transaction = locker.transaction()
+            await transaction.start()
+            began = time.monotonic()
+            await locker.execute("LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE", timeout=30)
+            locked = time.time()
+            outcome.notes.append(f"lock taken in {time.monotonic() - began:.2f} s")
+            await asyncio.sleep(scale.lock_hold)
+            await transaction.rollback()
+        finally:
+            await locker.close()
+        released = time.time()
+        stop.set()
+        calls = [call for caller in await asyncio.gather(*callers) for call in caller]
+        early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < released)
+        outcome.notes.append(f"delivered on streams while the lock was held: {early}")
+        delivered = await crowd.until_received(expected, scale.deliver_within)
+        await asyncio.sleep(SETTLE)
+    await _tally(outcome, stack, org, crowd, expected, released)
+    if not delivered:
+        outcome.notes.append(f"not all delivered within {scale.deliver_within} s of the release")
+    failed = stack.log_count(*DELIVERY_FAILED) - failed_before
+    timeouts = stack.log_count(*STATEMENT_TIMEOUT) - timeouts_before
+    outcome.notes.append(
+        f"delivery attempts failed and retried: {failed}; API calls a statement timeout ended in 503: "
+        f"{timeouts} (the worker's and web processes' logs)"
+    )
+    statuses = Counter(call.status for call in calls)
+    slowest = max((call.seconds for call in calls), default=0.0)
+    unavailable = [call for call in calls if call.status == 503]
+    outcome.notes.append(
+        f"API calls during the lock: {len(calls)}, answers {dict(sorted(statuses.items()))}, slowest "
+        f"{slowest:.2f} s; 503s by call: "
+        f"{dict(Counter(f'{c.method} {c.path}' for c in unavailable))}; lock held "
+        f"{released - locked:.1f} s"
+    )
+    outcome.must_hold.update(
+        {
+            "the API answered 503 while the lock was held": bool(unavailable),
+            "no 500, no other error, no hang": set(statuses) <= {200, 503},
+            "every 503 carries Retry-After": all(call.retry_after for call in unavailable),
+            f"every API call ended within {API_BOUND:.0f} s": slowest <= API_BOUND,
+            "deliveries timed out and were retried": failed > 0,
+        }
+    )
+    return outcome
+
+
+# The stalled reader's socket: its receive buffer as small as the kernel allows.
+STALL_RCVBUF = 1024
+# What the suite publishes to the stalled user while it stalls: id-less events (as a read-state change is)
+# with a large payload, so that the buffers between the web process and the client (the client's, the
+# proxy's, both sockets' of the proxy, the web process's) fill in seconds, not after 10,000 reminders.
+STALL_PAD_BYTES = 64 * 1024
+STALL_PAD_PER_SECOND = 20
+# Beyond TICKLER_SSE_WRITE_TIMEOUT_SECONDS, what filling those buffers may take.
+STALL_FILL_ALLOWANCE = 20.0
+# "No delay" for the others: a reminder's lateness on their streams at most this.
+NO_DELAY = 2.0
+_TCP_STATES = {1: "ESTABLISHED", 7: "CLOSE (reset)", 8: "CLOSE_WAIT (FIN received)"}
+
+
+def _open_stalled(stack: Stack, org: str, user: str) -> socket.socket:
+    """A stream request through the proxy on a socket that will never be read."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL_RCVBUF)
+    sock.connect(("127.0.0.1", stack.port))
+    token = stack.headers(org, user)["Authorization"]
+    sock.sendall(
+        f"GET {STREAM} HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nAuthorization: {token}\r\n"
+        "Accept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    """The kernel's TCP state of ``sock`` (linux/tcp.h: tcpi_state, the first byte of TCP_INFO), read
+    without reading the socket."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
+    """A client opens its stream through the proxy and never reads it, while others stream; events keep
+    coming for it until the web process cuts it off."""
+    outcome = Outcome(
+        name="a client that stops reading",
+        fault=f"one stream through the proxy on a socket with a {STALL_RCVBUF}-byte receive buffer, never "
+        f"read, sent {STALL_PAD_BYTES // 1024} KiB events at {STALL_PAD_PER_SECOND}/s; "
+        f"{scale.stall_streams} other users streaming, a reminder for each due meanwhile; "
+        f"TICKLER_SSE_WRITE_TIMEOUT_SECONDS={stack.write_timeout:g}.",
+        reminders=scale.stall_streams,
+        streams=scale.stall_streams + 1,
+    )
+    org = f"chaos-{uuid.uuid4().hex[:10]}"
+    crowd = Crowd(stack.proxy, _users(org, scale.stall_streams, stack))
+    window = stack.write_timeout + STALL_FILL_ALLOWANCE
+    cuts_before = stack.log_count(CUT_OFF)
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
+        await crowd.all_open(OPEN_WITHIN)
+        first = _due_in(scale.stall_streams)
+        # The others' reminders fall due from the stall's start across the time it may take to cut off.
+        every = window / max(1, scale.stall_streams)
+        users = [c.user for c in crowd.clients]
+        expected = await _create(http, stack, org, users, first, outcome.notes, every)
+        await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds()))
+        baseline = sum((await stream_counts(http, stack)).values())
+        stalled = _open_stalled(stack, org, "stalled")
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    if sum((await stream_counts(http, stack)).values()) > baseline:
+                        break
+                    await asyncio.sleep(0.1)
+            began = time.time()
+            redis = Redis.from_url(stack.redis_url)
+            event = NotificationEvent(
+                organization_id=org,
+                user_id="stalled",
+                event="chaos.padding",
+                data={"pad": "x" * STALL_PAD_BYTES},
+            ).model_dump_json()
+            published = 0
+            freed: float | None = None
+            try:
+                while time.time() - began < window:
+                    await redis.publish(stack.settings.redis_channel, event)
+                    published += 1
+                    check = published % STALL_PAD_PER_SECOND == 0
+                    if check and sum((await stream_counts(http, stack)).values()) <= baseline:
+                        freed = time.time()
+                        break
+                    await asyncio.sleep(1 / STALL_PAD_PER_SECOND)
+            finally:
+                await redis.aclose()
+            outcome.notes.append(
+                f"published {published} events ({published * STALL_PAD_BYTES / 2**20:.1f} MiB) for the "
+                "stalled stream before its slot was freed"
+            )
+            closed: float | None = None
+            if freed is not None:
+                watch_until = time.time() + scale.stall_proxy_watch
+                while time.time() < watch_until:
+                    if _tcp_state(stalled) != 1:
+                        break
+                    await asyncio.sleep(0.1)
+                if _tcp_state(stalled) != 1:
+                    closed = time.time()
+            state = _tcp_state(stalled)
+        finally:
+            stalled.close()
+        await crowd.until_received(expected, scale.deliver_within)
+        await asyncio.sleep(SETTLE)
+    await _tally(outcome, stack, org, crowd, expected, began)
+    cuts = stack.log_count(CUT_OFF) - cuts_before
+    outcome.notes.append(f"streams cut off by the write timeout (log lines): {cuts}")
+    if freed is not None:
+        outcome.time_to_recover_s = freed - began
+        outcome.notes.append(
+            f"the web process freed the stalled stream's slot {freed - began:.1f} s after "
+            "the events for it began"
+        )
+        seen = _TCP_STATES.get(state, str(state))
+        if closed is not None:
+            outcome.notes.append(
+                f"the proxy ended the client's connection {closed - freed:.1f} s after that "
+                f"(client socket: {seen})"
+            )
+        else:
+            outcome.notes.append(
+                f"the client's connection through the proxy still {seen} "
+                f"{scale.stall_proxy_watch:.0f} s after that"
+            )
+    outcome.must_hold.update(
+        {
+            f"the stalled stream's slot freed within {window:.0f} s": freed is not None,
+            "the web process cut it off by its write timeout": cuts > 0,
+            f"the others saw no delay (lateness at most {NO_DELAY:.0f} s)": outcome.max_lateness_s
+            <= NO_DELAY,
+        }
+    )
+    return outcome
+
+
+# After a restarted process is back, before the next is stopped: the proxy's checks (`rise 2`, 1 s apart)
+# and a new worker's first polls.
+ROLL_SETTLE = 3.0
+ROLL_STEP_WITHIN = 60.0
+
+
+async def _back(stack: Stack, role: str, victim: int) -> None:
+    """Until ``victim`` (a pid of ``role``) is gone, its replacement runs, and the stack is whole."""
+    async with httpx.AsyncClient() as probe:
+        async with asyncio.timeout(ROLL_STEP_WITHIN):
+            while True:
+                stack.check_alive()
+                pids = stack.pids(role)
+                if victim not in pids and len(pids) == REPLICAS:
+                    break
+                await asyncio.sleep(0.1)
+        await stack.whole(probe, ROLL_STEP_WITHIN)
+        await asyncio.sleep(ROLL_SETTLE)
+        # Whole still: the proxy may have taken the old process out only after the new one answered.
+        await stack.whole(probe, ROLL_STEP_WITHIN)
+
+
+async def rolling_restart(stack: Stack, scale: Scale) -> Outcome:
+    """SIGTERM each worker, then each web process, one at a time, each back before the next, while a
+    reminder falls due every ``roll_every`` s; the streams of a stopped web process reconnect."""
+    count = round(scale.roll_seconds / scale.roll_every)
+    outcome = Outcome(
+        name="rolling restart",
+        fault=f"SIGTERM worker-1, worker-2, web-1, web-2 in turn, each back (and the stack whole) before "
+        f"the next, while a reminder falls due every {scale.roll_every * 1000:.0f} ms for "
+        f"{scale.roll_seconds:.0f} s ({count} reminders, {scale.roll_users} users streaming).",
+        reminders=count,
+        streams=scale.roll_users,
+    )
+    org = f"chaos-{uuid.uuid4().hex[:10]}"
+    crowd = Crowd(stack.proxy, _users(org, scale.roll_users, stack))
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
+        await crowd.all_open(OPEN_WITHIN)
+        owners = [c.user for c in crowd.clients]
+        # Due one after another: creating them (far faster than one per roll_every) stays ahead of them.
+        first = datetime.now(UTC) + timedelta(seconds=CREATE_LEAD)
+        users = [owners[n % len(owners)] for n in range(count)]
+        expected = await _create(http, stack, org, users, first, outcome.notes, scale.roll_every)
+        await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() + 1.0))
+        rolled = time.time()
+        steps = []
+        for role in ("worker", "web"):
+            for victim in stack.pids(role):
+                began = time.time()
+                os.kill(victim, signal.SIGTERM)
+                await _back(stack, role, victim)
+                steps.append(f"{role} pid {victim} {time.time() - began:.1f} s")
+        done = time.time()
+        outcome.notes.append(
+            f"the roll took {done - rolled:.1f} s: {'; '.join(steps)} (SIGTERM to whole again)"
+        )
+        if done - rolled > scale.roll_seconds:
+            outcome.notes.append("the roll outlasted the reminders: its end had none due")
+        delivered = await crowd.until_received(expected, scale.deliver_within)
+        await asyncio.sleep(SETTLE)
+    await _tally(outcome, stack, org, crowd, expected, done)
+    # The roll's end to the last event is only the reminders still to fall due: the roll's length says it.
+    outcome.time_to_recover_s = None
+    outcome.dropped_streams = sum(1 for c in crowd.clients if c.dropped_at)
+    if not delivered:
+        outcome.notes.append(f"not all delivered within {scale.deliver_within} s of the roll")
+    rolling = sorted(
+        r.lateness
+        for c in crowd.clients
+        for r in c.received
+        if r.task_id in expected and rolled <= r.at - r.lateness <= done
+    )
+    if rolling:
+        p99 = rolling[min(len(rolling) - 1, int(0.99 * len(rolling)))]
+        outcome.notes.append(
+            f"lateness of the {len(rolling)} due during the roll: p99 {p99:.2f} s, max {rolling[-1]:.2f} s, "
+            f"median {statistics.median(rolling):.2f} s"
+        )
+    return outcome
+
+
 SCENARIOS = {
     "worker-kill": worker_killed_mid_burst,
     "web-kill": web_killed_under_streams,
     "redis-stop": redis_stopped,
+    "postgres-lock": postgres_locked,
+    "stalled-reader": stalled_reader,
+    "rolling-restart": rolling_restart,
 }

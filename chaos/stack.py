@@ -32,6 +32,9 @@ STOP_TIMEOUT = 30.0
 TOKEN_TTL_SECONDS = 3600
 # Idle streams send a heartbeat this often; the proxy's idle timeouts follow it.
 HEARTBEAT_SECONDS = 2.0
+# A stream whose client takes no write for this long is cut off (default 30 s): lower, so that the stalled
+# reader's scenario is short, yet far above what a live client under the suite's load takes.
+WRITE_TIMEOUT_SECONDS = 10.0
 
 
 class StackFailed(RuntimeError):
@@ -73,6 +76,7 @@ class Stack:
             TICKLER_JWT_SECRET=SECRET,
             TICKLER_LOG_LEVEL="INFO",
             TICKLER_SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
+            TICKLER_SSE_WRITE_TIMEOUT_SECONDS=str(WRITE_TIMEOUT_SECONDS),
             # The suite's clients create reminders by the thousand from one user's budget.
             TICKLER_RATE_LIMIT_PER_MINUTE="0",
         )
@@ -81,6 +85,14 @@ class Stack:
     @property
     def proxy(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def write_timeout(self) -> float:
+        return float(self.env["TICKLER_SSE_WRITE_TIMEOUT_SECONDS"])
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.env['TICKLER_EMBEDDED_REDIS_PORT']}/0"
 
     @property
     def web_ports(self) -> list[int]:
@@ -133,6 +145,13 @@ class Stack:
         if self.proc is None or self.proc.poll() is not None:
             code = None if self.proc is None else self.proc.returncode
             raise StackFailed(f"`tickler run` exited with {code}{self.log_tail()}")
+
+    def log_count(self, *texts: str) -> int:
+        """Lines of `tickler run`'s log (its children's output) so far that hold each of ``texts``."""
+        if not self.log_path.exists():
+            return 0
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return sum(1 for line in lines if all(text in line for text in texts))
 
     def log_tail(self) -> str:
         return log_tail(self.log_path, 4000) + log_tail(self.data_dir / "haproxy.log", 2000)

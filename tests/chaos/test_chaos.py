@@ -11,13 +11,32 @@ import httpx
 import pytest
 
 from chaos.report import Outcome, markdown
-from chaos.scenarios import Scale, redis_stopped, web_killed_under_streams, worker_killed_mid_burst
+from chaos.scenarios import (
+    Scale,
+    postgres_locked,
+    redis_stopped,
+    rolling_restart,
+    stalled_reader,
+    web_killed_under_streams,
+    worker_killed_mid_burst,
+)
 from chaos.stack import Stack
 from tickler import devstack
 
 # Each scenario in about 20 s; the file, with the stack's start, in about 90 s.
 SCALE = Scale(
-    burst=60, burst_users=10, web_streams=30, redis_streams=10, redis_outage=5.0, deliver_within=45.0
+    burst=60,
+    burst_users=10,
+    web_streams=30,
+    redis_streams=10,
+    redis_outage=5.0,
+    lock_hold=8.0,
+    lock_users=10,
+    stall_streams=10,
+    stall_proxy_watch=2.0,
+    roll_seconds=20.0,
+    roll_users=10,
+    deliver_within=45.0,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -71,6 +90,21 @@ async def test_a_killed_web_process_costs_its_streams_nothing(stack: Stack) -> N
 async def test_streams_get_what_they_missed_while_redis_was_stopped_once(stack: Stack) -> None:
     await _whole(stack)
     _held(await redis_stopped(stack, SCALE))
+
+
+async def test_a_locked_table_delays_deliveries_and_answers_503_without_hanging(stack: Stack) -> None:
+    await _whole(stack)
+    _held(await postgres_locked(stack, SCALE))
+
+
+async def test_a_client_that_stops_reading_is_cut_off_and_delays_no_one(stack: Stack) -> None:
+    await _whole(stack)
+    _held(await stalled_reader(stack, SCALE))
+
+
+async def test_a_rolling_restart_loses_nothing(stack: Stack) -> None:
+    await _whole(stack)
+    _held(await rolling_restart(stack, SCALE))
 
 
 def test_the_stack_outlived_every_fault(stack: Stack) -> None:
