@@ -278,7 +278,10 @@ class TaskChange(BaseModel):
     minutes: int | None = Field(None, ge=1, le=366 * 24 * 60, description="snooze: minutes from now")
     reminder_offsets: tuple[int, ...] | None = None
     recurrence: NewRecurrence | None = None
-    clear: tuple[ClearableField, ...] = Field((), description='Fields to empty, e.g. ["notes"].')
+    # Bounded before the dedupe below: a signal could otherwise send a 2 MB list of one name.
+    clear: tuple[ClearableField, ...] = Field(
+        (), max_length=10, description='Fields to empty, e.g. ["notes"].'
+    )
     # How the series was ended before `clear`: recorded histories and older senders carry it, so it is
     # still read, and folded into `clear` (_legacy_clear); nothing reads the flag itself.
     clear_recurrence: SkipJsonSchema[bool] = Field(False, exclude=True)
