@@ -143,3 +143,13 @@ class Crowd:
                 return True
             await asyncio.sleep(0.2)
         return False
+
+    async def until_any(self, expected: dict[str, str], within: float) -> bool:
+        """Until one of the expected tasks has reached its client; False at the deadline."""
+        by_user = {c.user: c for c in self.clients}
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if any(task in by_user[user].task_ids for task, user in expected.items()):
+                return True
+            await asyncio.sleep(0.01)
+        return False

@@ -51,14 +51,21 @@ class Scale:
     web_streams: int = 2000
     redis_streams: int = 200
     redis_outage: float = 10.0
+    temporal_outage: float = 10.0
+    # The Temporal server is killed this long after the burst's due time (0: at its first event).
+    kill_into_burst: float = 1.0
+    # PostgreSQL stopped this long, one reminder per user due through it, API calls continuing.
+    postgres_outage: float = 30.0
+    postgres_users: int = 50
     # PostgreSQL hangs: the notifications table locked this long, one reminder per user due through it.
     lock_hold: float = 60.0
     lock_users: int = 50
     # A client that stops reading, beside this many that stream (and get a reminder each meanwhile).
     stall_streams: int = 50
-    # After the web process frees its slot, how long to watch for the proxy ending the client's connection
-    # (HAProxy's `timeout client` is 60 s).
-    stall_proxy_watch: float = 70.0
+    # After the web process frees its slot, how long to watch for the proxy ending the client's session
+    # (HAProxy's `timeout client`, 60 s, counts from the last byte the client took); shorter than
+    # PROXY_CLIENT_TIMEOUT, the proxy's end is noted if seen, not required.
+    stall_proxy_watch: float = 75.0
     # Rolling restart: a reminder due every `roll_every` s for `roll_seconds`, to `roll_users` users.
     roll_seconds: float = 180.0
     roll_every: float = 0.1
@@ -252,16 +259,12 @@ async def web_killed_under_streams(stack: Stack, scale: Scale) -> Outcome:
 
 
 async def redis_stopped(stack: Stack, scale: Scale) -> Outcome:
-    """Redis frozen (SIGSTOP) across a firing window, streams open; SIGCONT after the outage.
-
-    Not killed: `tickler run` stops the whole stack when one of its servers exits (tickler/run.py,
-    `_supervise`), and restarting Redis behind its back would leave it supervising a dead pid. A frozen
-    Redis is the harder case for the clients anyway: connections stay open and calls hang until their
-    timeouts, where a dead one refuses at once."""
+    """Redis killed (SIGKILL) across a firing window, streams open; started again on its port after the
+    outage. The web processes' subscriptions drop; each must come back and replay what its streams missed."""
     outcome = Outcome(
-        name="Redis stopped",
-        fault=f"SIGSTOP redis-server for {scale.redis_outage:.0f} s (then SIGCONT), one reminder per "
-        f"user due 2 s into the outage, {scale.redis_streams} streams open.",
+        name="Redis killed",
+        fault=f"SIGKILL redis-server, {scale.redis_outage:.0f} s down, then started again on its port; one "
+        f"reminder per user due 2 s into the outage, {scale.redis_streams} streams open.",
         reminders=scale.redis_streams,
         streams=scale.redis_streams,
     )
@@ -271,14 +274,12 @@ async def redis_stopped(stack: Stack, scale: Scale) -> Outcome:
         await crowd.all_open(OPEN_WITHIN)
         due = _due_in(scale.redis_streams) + timedelta(seconds=2)
         expected = await _create(http, stack, org, [c.user for c in crowd.clients], due, outcome.notes)
-        [redis] = stack.pids("redis")
         await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() - 2.0))
-        os.kill(redis, signal.SIGSTOP)
-        try:
-            await asyncio.sleep(scale.redis_outage)
-        finally:
-            os.kill(redis, signal.SIGCONT)
+        stack.kill_server("redis")
+        await asyncio.sleep(scale.redis_outage)
+        took = await asyncio.to_thread(stack.start_server, "redis")
         resumed = time.time()
+        outcome.notes.append(f"Redis answered {took:.2f} s after its start")
         early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < resumed)
         outcome.notes.append(f"delivered on streams during the outage: {early}")
         await crowd.until_received(expected, scale.deliver_within)
@@ -287,6 +288,54 @@ async def redis_stopped(stack: Stack, scale: Scale) -> Outcome:
     outcome.must_hold["every stream received what it missed, once"] = (
         outcome.lost == 0 and outcome.duplicate_events_per_client == 0
     )
+    return outcome
+
+
+async def temporal_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
+    """SIGKILL the Temporal server 1 s into a burst of reminders due at once; start it again on its data
+    (its SQLite file) after ``temporal_outage`` s. Timers, activities and workflow tasks it had handed
+    out are its to hand out again: nothing may be lost, nothing written twice."""
+    outcome = Outcome(
+        name="Temporal SIGKILL mid-burst",
+        fault=f"SIGKILL the Temporal server {scale.kill_into_burst:.1f} s after {scale.burst} reminders "
+        f"fall due at once (0.0: at the first event), {scale.temporal_outage:.0f} s down, then started "
+        f"again on its data; {scale.burst_users} users streaming through the proxy.",
+        reminders=scale.burst,
+        streams=scale.burst_users,
+    )
+    org = f"chaos-{uuid.uuid4().hex[:10]}"
+    crowd = Crowd(stack.proxy, _users(org, scale.burst_users, stack))
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
+        await crowd.all_open(OPEN_WITHIN)
+        due = _due_in(scale.burst)
+        owners = [c.user for c in crowd.clients]
+        burst = [owners[n % len(owners)] for n in range(scale.burst)]
+        expected = await _create(http, stack, org, burst, due, outcome.notes)
+        if scale.kill_into_burst:
+            await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + scale.kill_into_burst))
+        else:
+            # At the burst's first event: a short burst drains in well under a second.
+            await crowd.until_any(expected, OPEN_WITHIN)
+        killed = time.time()
+        stack.kill_server("temporal")
+        before = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected)
+        outcome.notes.append(
+            f"killed {killed - due.timestamp():.2f} s after the due time, {before} of {len(expected)} "
+            "delivered by then"
+        )
+        outcome.must_hold["the kill landed mid-burst"] = before < len(expected)
+        await asyncio.sleep(scale.temporal_outage)
+        took = await asyncio.to_thread(stack.start_server, "temporal")
+        back = time.time()
+        outcome.notes.append(
+            f"the server answered {took:.1f} s after its start, {back - killed:.1f} s after the kill"
+        )
+        delivered = await crowd.until_received(expected, scale.deliver_within)
+        await asyncio.sleep(SETTLE)
+    # Time to recover: from the server being back to the last reminder on its stream (time to drain).
+    await _tally(outcome, stack, org, crowd, expected, back)
+    if not delivered:
+        outcome.notes.append(f"not all delivered within {scale.deliver_within} s")
     return outcome
 
 
@@ -413,6 +462,99 @@ async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
     return outcome
 
 
+# How often readiness is asked while PostgreSQL is down, and how long it may take to say ready once back.
+READY_POLL = 0.5
+READY_WITHIN = 30.0
+
+
+async def _readiness(client: httpx.AsyncClient, urls: list[str]) -> dict[str, int]:
+    """The status of each /readyz (0: no answer)."""
+
+    async def one(url: str) -> int:
+        try:
+            return (await client.get(url, timeout=5.0)).status_code
+        except httpx.TransportError:
+            return 0
+
+    return dict(zip(urls, await asyncio.gather(*map(one, urls)), strict=True))
+
+
+async def postgres_stopped(stack: Stack, scale: Scale) -> Outcome:
+    """PostgreSQL stopped (a fast shutdown: every connection closed) for ``postgres_outage`` s, one reminder
+    per streaming user due through it, API calls continuing; then started again on its data."""
+    outcome = Outcome(
+        name="PostgreSQL stopped",
+        fault=f"PostgreSQL stopped (fast shutdown) for {scale.postgres_outage:.0f} s, then started again on "
+        f"its data; {scale.postgres_users} reminders (one per streaming user) due through the outage, "
+        f"{API_CALLERS} API callers continuing.",
+        reminders=scale.postgres_users,
+        streams=scale.postgres_users,
+    )
+    org = f"chaos-{uuid.uuid4().hex[:10]}"
+    crowd = Crowd(stack.proxy, _users(org, scale.postgres_users, stack))
+    ready_urls = [f"http://127.0.0.1:{port}/readyz" for port in stack.web_ports + stack.worker_health_ports]
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
+        await crowd.all_open(OPEN_WITHIN)
+        first = _due_in(scale.postgres_users)
+        # Due from 2 s after the stop to 2 s before the start.
+        every = max(0.0, scale.postgres_outage - 4.0) / max(1, scale.postgres_users - 1)
+        users = [c.user for c in crowd.clients]
+        expected = await _create(http, stack, org, users, first, outcome.notes, every)
+        await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() - 2.0))
+        stop = asyncio.Event()
+        callers = [
+            asyncio.create_task(_call_api(http, stack.headers(org, users[n % len(users)]), stop, n))
+            for n in range(API_CALLERS)
+        ]
+        await asyncio.to_thread(stack.kill_server, "postgres", signal.SIGINT)
+        stopped = time.time()
+        not_ready: set[str] = set()
+        while time.time() - stopped < scale.postgres_outage:
+            for url, status in (await _readiness(http, ready_urls)).items():
+                if status == 503:
+                    not_ready.add(url)
+            await asyncio.sleep(READY_POLL)
+        took = await asyncio.to_thread(stack.start_server, "postgres")
+        back = time.time()
+        stop.set()
+        calls = [call for caller in await asyncio.gather(*callers) for call in caller]
+        outcome.notes.append(
+            f"PostgreSQL answered {took:.1f} s after its start ({back - stopped:.1f} s down)"
+        )
+        early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < back)
+        outcome.notes.append(f"delivered on streams while it was down: {early}")
+        ready_again = None
+        while time.time() - back < READY_WITHIN:
+            if set((await _readiness(http, ready_urls)).values()) == {200}:
+                ready_again = time.time() - back
+                break
+            await asyncio.sleep(READY_POLL)
+        delivered = await crowd.until_received(expected, scale.deliver_within)
+        await asyncio.sleep(SETTLE)
+    await _tally(outcome, stack, org, crowd, expected, back)
+    if not delivered:
+        outcome.notes.append(f"not all delivered within {scale.deliver_within} s of the start")
+    statuses = Counter(call.status for call in calls)
+    slowest = max((call.seconds for call in calls), default=0.0)
+    unavailable = [call for call in calls if call.status == 503]
+    outcome.notes.append(
+        f"API calls during the outage: {len(calls)}, answers {dict(sorted(statuses.items()))}, slowest "
+        f"{slowest:.2f} s; readiness said 503 on {len(not_ready)} of {len(ready_urls)} processes, ready "
+        f"again on all " + ("never" if ready_again is None else f"{ready_again:.1f} s after the start")
+    )
+    outcome.must_hold.update(
+        {
+            "the API answered 503 while PostgreSQL was down": bool(unavailable),
+            "no 500, no other error, no hang": set(statuses) <= {200, 503},
+            "every 503 carries Retry-After": all(call.retry_after for call in unavailable),
+            f"every API call ended within {API_BOUND:.0f} s": slowest <= API_BOUND,
+            "every web process and worker said not ready meanwhile": not_ready == set(ready_urls),
+            f"all ready again within {READY_WITHIN:.0f} s": ready_again is not None,
+        }
+    )
+    return outcome
+
+
 # The stalled reader's socket: its receive buffer as small as the kernel allows.
 STALL_RCVBUF = 1024
 # What the suite publishes to the stalled user while it stalls: id-less events (as a read-state change is)
@@ -422,19 +564,22 @@ STALL_PAD_BYTES = 64 * 1024
 STALL_PAD_PER_SECOND = 20
 # Beyond TICKLER_SSE_WRITE_TIMEOUT_SECONDS, what filling those buffers may take.
 STALL_FILL_ALLOWANCE = 20.0
+# HAProxy's `timeout client` with the suite's heartbeat (tickler/devstack/proxy.py), and some room.
+PROXY_CLIENT_TIMEOUT = 65.0
 # "No delay" for the others: a reminder's lateness on their streams at most this.
 NO_DELAY = 2.0
 _TCP_STATES = {1: "ESTABLISHED", 7: "CLOSE (reset)", 8: "CLOSE_WAIT (FIN received)"}
 
 
-def _open_stalled(stack: Stack, org: str, user: str) -> socket.socket:
-    """A stream request through the proxy on a socket that will never be read."""
+def _open_stalled(stack: Stack, org: str, user: str, marker: str) -> socket.socket:
+    """A stream request through the proxy on a socket that will never be read; ``marker``, in its query
+    string (which the route ignores), finds its session in the proxy's log."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL_RCVBUF)
     sock.connect(("127.0.0.1", stack.port))
     token = stack.headers(org, user)["Authorization"]
     sock.sendall(
-        f"GET {STREAM} HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nAuthorization: {token}\r\n"
+        f"GET {STREAM}?chaos={marker} HTTP/1.1\r\nHost: 127.0.0.1:{stack.port}\r\nAuthorization: {token}\r\n"
         "Accept: text/event-stream\r\nLast-Event-ID: 0\r\n\r\n".encode()
     )
     return sock
@@ -471,7 +616,8 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
         expected = await _create(http, stack, org, users, first, outcome.notes, every)
         await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds()))
         baseline = sum((await stream_counts(http, stack)).values())
-        stalled = _open_stalled(stack, org, "stalled")
+        marker = uuid.uuid4().hex
+        stalled = _open_stalled(stack, org, "stalled", marker)
         try:
             async with asyncio.timeout(10):
                 while True:
@@ -504,10 +650,15 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
                 "stalled stream before its slot was freed"
             )
             closed: float | None = None
+            proxy_ended: float | None = None
+            state = 1
             if freed is not None:
                 watch_until = time.time() + scale.stall_proxy_watch
                 while time.time() < watch_until:
-                    if _tcp_state(stalled) != 1:
+                    if proxy_ended is None and _proxy_logged(stack, marker):
+                        # HAProxy logs a session (`option httplog`) when it ends it: its slot is free.
+                        proxy_ended = time.time()
+                    if proxy_ended is not None:
                         break
                     await asyncio.sleep(0.1)
                 if _tcp_state(stalled) != 1:
@@ -527,16 +678,18 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
             "the events for it began"
         )
         seen = _TCP_STATES.get(state, str(state))
+        if proxy_ended is not None:
+            outcome.notes.append(
+                f"the proxy ended the stalled session {proxy_ended - freed:.1f} s after the web process: "
+                f"{_proxy_logged(stack, marker)}"
+            )
         if closed is not None:
-            outcome.notes.append(
-                f"the proxy ended the client's connection {closed - freed:.1f} s after that "
-                f"(client socket: {seen})"
-            )
+            outcome.notes.append(f"the client's socket: {seen} when the proxy's end was seen")
         else:
-            outcome.notes.append(
-                f"the client's connection through the proxy still {seen} "
-                f"{scale.stall_proxy_watch:.0f} s after that"
-            )
+            # HAProxy has closed its side, but the kernel holds that orphaned socket's unsent bytes, and
+            # the FIN queued behind them, while the client's window stays shut (net.ipv4.tcp_orphan_retries
+            # bounds it): the client sees its connection open.
+            outcome.notes.append(f"the client's socket still {seen} when the proxy's end was seen")
     outcome.must_hold.update(
         {
             f"the stalled stream's slot freed within {window:.0f} s": freed is not None,
@@ -545,7 +698,22 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
             <= NO_DELAY,
         }
     )
+    if scale.stall_proxy_watch >= PROXY_CLIENT_TIMEOUT:
+        # HAProxy's `timeout client` (tickler/devstack/proxy.py) bounds a client that takes no bytes.
+        outcome.must_hold[f"the proxy ended its session within {scale.stall_proxy_watch:.0f} s"] = (
+            proxy_ended is not None
+        )
     return outcome
+
+
+def _proxy_logged(stack: Stack, marker: str) -> str:
+    """HAProxy's log line for the session whose request carries ``marker`` ("" while it lasts): its
+    timers, termination state and bytes."""
+    log = (stack.data_dir / "haproxy.log").read_text(errors="replace")
+    for line in log.splitlines():
+        if marker in line:
+            return line.split(" web/", 1)[-1][:160]
+    return ""
 
 
 # After a restarted process is back, before the next is stopped: the proxy's checks (`rise 2`, 1 s apart)
@@ -632,7 +800,9 @@ async def rolling_restart(stack: Stack, scale: Scale) -> Outcome:
 SCENARIOS = {
     "worker-kill": worker_killed_mid_burst,
     "web-kill": web_killed_under_streams,
-    "redis-stop": redis_stopped,
+    "redis-kill": redis_stopped,
+    "temporal-kill": temporal_killed_mid_burst,
+    "postgres-stop": postgres_stopped,
     "postgres-lock": postgres_locked,
     "stalled-reader": stalled_reader,
     "rolling-restart": rolling_restart,

@@ -1,5 +1,10 @@
 """`tickler run --replicas 2` as a subprocess in a data dir of its own, on free ports, and the handles a
-fault needs: the pid of each process by role, the database, tokens for the clients."""
+fault needs: the pid of each process by role, the database, tokens for the clients.
+
+The suite starts PostgreSQL, Redis and the Temporal server itself and gives `tickler run` their addresses,
+as a deployment gives its processes the addresses of servers they do not own: so a scenario can stop one
+for as long as it likes and start it again on its data, while `tickler run` goes on supervising its workers
+and web processes (it would stop the stack if a server it started exited)."""
 
 from __future__ import annotations
 
@@ -37,6 +42,10 @@ HEARTBEAT_SECONDS = 2.0
 WRITE_TIMEOUT_SECONDS = 10.0
 
 
+# The servers the suite owns, in the order they start (and the reverse of the order they stop).
+SERVERS = ("postgres", "redis", "temporal")
+
+
 class StackFailed(RuntimeError):
     """`tickler run` did not come up, or exited under a scenario."""
 
@@ -50,6 +59,7 @@ class Stack:
     postgres_port: int
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    servers: dict[str, devstack.ManagedProcess] = field(default_factory=dict)
     settings: Settings = field(
         default_factory=lambda: Settings(jwt_secret=SecretStr(SECRET), jwt_issuer=None, jwt_audience=None)
     )
@@ -63,6 +73,8 @@ class Stack:
         env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
         env["PATH"] = os.pathsep.join([str(Path(haproxy).parent), env.get("PATH", "")])
         port = _free_ports(REPLICAS + 1)
+        # `tickler run` gives the workers this port and the next (their /healthz and /readyz).
+        worker_health = _free_ports(REPLICAS)
         postgres_port = devstack.free_port()
         env.update(
             PYTHONUNBUFFERED="1",
@@ -73,6 +85,11 @@ class Stack:
             TICKLER_EMBEDDED_POSTGRES_PORT=str(postgres_port),
             TICKLER_EMBEDDED_REDIS_PORT=str(devstack.free_port()),
             TICKLER_EMBEDDED_TEMPORAL_PORT=str(devstack.free_port()),
+            TICKLER_DATABASE_URL=f"postgresql+asyncpg://tickler@127.0.0.1:{postgres_port}/tickler",
+            TICKLER_WORKER_HEALTH_PORT=str(worker_health),
+            # No metrics endpoints: their default ports are fixed, and the suite reads none.
+            TICKLER_WEB_METRICS_PORT="0",
+            TICKLER_WORKER_METRICS_PORT="0",
             TICKLER_JWT_SECRET=SECRET,
             TICKLER_LOG_LEVEL="INFO",
             TICKLER_SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
@@ -95,8 +112,17 @@ class Stack:
         return f"redis://127.0.0.1:{self.env['TICKLER_EMBEDDED_REDIS_PORT']}/0"
 
     @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.env['TICKLER_EMBEDDED_TEMPORAL_PORT']}"
+
+    @property
     def web_ports(self) -> list[int]:
         return [self.port + n for n in range(1, REPLICAS + 1)]
+
+    @property
+    def worker_health_ports(self) -> list[int]:
+        base = int(self.env["TICKLER_WORKER_HEALTH_PORT"])
+        return [base + n for n in range(REPLICAS)]
 
     @property
     def log_path(self) -> Path:
@@ -107,10 +133,46 @@ class Stack:
         # The login role of the embedded PostgreSQL (tickler/devstack/postgres.py), as asyncpg spells it.
         return f"postgresql://tickler@127.0.0.1:{self.postgres_port}/tickler"
 
+    def start_server(self, name: str) -> float:
+        """Start the server ``name`` of SERVERS on its port and its data (again, after a fault); the
+        seconds until it answered."""
+        began = time.monotonic()
+        ports = {k: int(self.env[f"TICKLER_EMBEDDED_{k.upper()}_PORT"]) for k in SERVERS}
+        if name == "postgres":
+            # As `tickler run --replicas 2` sizes it: each process's pool and its overflow, and spares.
+            pool = self.settings.database_pool_size
+            connections = max(100, 2 * REPLICAS * 2 * pool + 10)
+            server = devstack.start_postgres(self.data_dir, ports[name], connections)
+        elif name == "redis":
+            server = devstack.start_redis(self.data_dir, ports[name])
+        else:
+            server = devstack.start_temporal(self.data_dir, ports[name], None)
+        self.servers[name] = server
+        return time.monotonic() - began
+
+    def kill_server(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``sig`` to the server ``name`` (SIGKILL: killed outright; its stop signal: a clean stop)
+        and wait until it has exited; PostgreSQL's backends go with its postmaster."""
+        server = self.servers.pop(name)
+        if sig == server.stop_signal:
+            server.stop(STOP_TIMEOUT)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.popen.pid, sig)
+        server.popen.wait(STOP_TIMEOUT)
+
+    def server_pid(self, name: str) -> int:
+        return self.servers[name].popen.pid
+
     def start(self) -> float:
-        """Start `tickler run --replicas 2` and wait until it says it is up; the seconds it took."""
+        """Start the servers, then `tickler run --replicas 2` on them, and wait until it says it is up;
+        the seconds it took."""
         began = time.monotonic()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        for name in SERVERS:
+            self.start_server(name)
+        self.env["TICKLER_REDIS_URL"] = self.redis_url
+        self.env["TICKLER_TEMPORAL_ADDRESS"] = self.temporal_address
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tickler", "run", "--replicas", str(REPLICAS)],
@@ -131,6 +193,15 @@ class Stack:
         return time.monotonic() - began
 
     def stop(self) -> None:
+        try:
+            self._stop_run()
+        finally:
+            # Started from any thread, they need stopping: no death signal covers them all.
+            for name in reversed(SERVERS):
+                if name in self.servers:
+                    self.servers.pop(name).stop(STOP_TIMEOUT)
+
+    def _stop_run(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -157,15 +228,12 @@ class Stack:
         return log_tail(self.log_path, 4000) + log_tail(self.data_dir / "haproxy.log", 2000)
 
     def pids(self, role: str) -> list[int]:
-        """The pids of `tickler run`'s children of ``role``: "worker", "web" or "redis"."""
+        """The pids of `tickler run`'s children of ``role``: "worker" or "web"."""
         assert self.proc is not None
         found = []
         for child in psutil.Process(self.proc.pid).children():
             with contextlib.suppress(psutil.Error):
-                argv = child.cmdline()
-                # Redis rewrites its process title ("redis-server 127.0.0.1:port"): its name is stable.
-                redis = role == "redis" and child.name() == "redis-server"
-                if redis or argv[1:4] == ["-m", "tickler", role]:
+                if child.cmdline()[1:4] == ["-m", "tickler", role]:
                     found.append(child.pid)
         return sorted(found)
 

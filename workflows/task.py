@@ -43,7 +43,10 @@ with workflow.unsafe.imports_passed_through():
 
 LOCAL_TIMEOUT = timedelta(seconds=10)
 DELIVER_TIMEOUT = timedelta(seconds=30)
-DELIVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# A delivery fails while PostgreSQL or Redis is down: tried again 1, 2 and 4 s later, then every 5 s, so
+# that the reminders due during an outage reach their streams within 5 s of its end (docs/reliability.md).
+# An attempt against a server that refuses costs a failed connect: 1,000 reminders waiting, 200 a second.
+DELIVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5))
 # A next occurrence that keeps failing for another reason than its rule (no evaluator free, a worker
 # restarting) is tried for a few minutes; then the series stops with a reason rather than wait forever.
 NEXT_RETRY = RetryPolicy(

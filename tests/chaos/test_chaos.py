@@ -14,9 +14,11 @@ from chaos.report import Outcome, markdown
 from chaos.scenarios import (
     Scale,
     postgres_locked,
+    postgres_stopped,
     redis_stopped,
     rolling_restart,
     stalled_reader,
+    temporal_killed_mid_burst,
     web_killed_under_streams,
     worker_killed_mid_burst,
 )
@@ -30,6 +32,10 @@ SCALE = Scale(
     web_streams=30,
     redis_streams=10,
     redis_outage=5.0,
+    temporal_outage=5.0,
+    kill_into_burst=0.0,
+    postgres_outage=10.0,
+    postgres_users=10,
     lock_hold=8.0,
     lock_users=10,
     stall_streams=10,
@@ -87,9 +93,19 @@ async def test_a_killed_web_process_costs_its_streams_nothing(stack: Stack) -> N
     assert outcome.dropped_streams > 0
 
 
-async def test_streams_get_what_they_missed_while_redis_was_stopped_once(stack: Stack) -> None:
+async def test_streams_get_what_they_missed_while_redis_was_down_once(stack: Stack) -> None:
     await _whole(stack)
     _held(await redis_stopped(stack, SCALE))
+
+
+async def test_a_temporal_server_killed_mid_burst_loses_and_repeats_nothing(stack: Stack) -> None:
+    await _whole(stack)
+    _held(await temporal_killed_mid_burst(stack, SCALE))
+
+
+async def test_postgres_stopped_delays_deliveries_and_answers_503_meanwhile(stack: Stack) -> None:
+    await _whole(stack)
+    _held(await postgres_stopped(stack, SCALE))
 
 
 async def test_a_locked_table_delays_deliveries_and_answers_503_without_hanging(stack: Stack) -> None:
