@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     names = args.only or list(SCENARIOS)
+    # SIGTERM (a CI runner's timeout, `kill`) unwinds like Ctrl-C, so that the servers, which the
+    # scenarios restart from threads and no death signal covers, are stopped by Stack.stop.
+    signal.signal(signal.SIGTERM, _interrupt)
     out = args.out or report.RESULTS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="tickler-chaos-") as root:
         stack = Stack.in_dir(Path(root))
@@ -65,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report.markdown(outcomes, meta))
     print(f"report: {directory}")
     return 0 if all(o.passed for o in outcomes) else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 async def run_scenarios(stack: Stack, scale: Scale, names: list[str]) -> list[Outcome]:

@@ -27,7 +27,7 @@ from pydantic import SecretStr
 from core.auth import mint_token
 from core.settings import Settings
 from tickler import devstack
-from tickler.devstack.process import log_tail
+from tickler.devstack.process import die_with_parent, log_tail
 
 REPLICAS = 2
 SECRET = "chaos-secret-of-at-least-thirty-two-bytes"
@@ -183,6 +183,9 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # A suite killed outright takes the stack along (its servers too, when started from the
+                # main thread; those a scenario restarted, Stack.stop stops).
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         deadline = began + START_TIMEOUT
         while "Tickler is up" not in self.log_path.read_text(errors="replace"):
