@@ -89,12 +89,15 @@ def _occurrences(
         # An aware DTSTART makes dateutil build each occurrence on the local wall clock.
         parsed = rrulestr(rule.removeprefix("RRULE:"), dtstart=dtstart)
         assert isinstance(parsed, rrule)
+        # Known before one step: dateutil would repeat DTSTART until MAX_STEPS (a second of CPU).
+        if parsed._interval == 0:
+            raise RuleUnusable("INTERVAL=0 never advances: give INTERVAL=1 or more")
         local = iter(parsed)
     previous = after
     for steps, occurrence in enumerate(local, 1):
         if steps > MAX_STEPS:
             raise RuleUnusable(
-                f"the rule yields {MAX_STEPS} occurrences without one after the previous (INTERVAL=0?)"
+                f"the rule yields {MAX_STEPS} occurrences before the end of its window: too many to walk"
             )
         moment = occurrence.astimezone(UTC)
         if moment > horizon:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from core import recurrence
 from core.payloads import NewRecurrence, Recurrence
 from core.recurrence import (
     MIN_INTERVAL,
@@ -334,3 +335,10 @@ def test_a_series_started_years_ago_is_still_computed() -> None:
     )
     # Every other Sunday since 1 January 2017 (518 weeks before 6 December 2026).
     assert next_in_child(None, 2, "weeks", "UTC", after, start)[0] == datetime(2026, 12, 6, 9, tzinfo=UTC)
+
+
+def test_a_rule_is_walked_at_most_max_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # INTERVAL=0 is refused before a step; any other rule that repeats itself meets this bound.
+    monkeypatch.setattr(recurrence, "MAX_STEPS", 3)
+    with pytest.raises(RuleUnusable, match="yields 3 occurrences"):
+        list(recurrence._occurrences("FREQ=HOURLY;BYSETPOS=1,1", None, None, "UTC", DUE))
