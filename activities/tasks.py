@@ -15,10 +15,12 @@ from sqlalchemy import Table, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio import activity
+from temporalio.common import MetricMeter
 from temporalio.exceptions import ApplicationError
 
 from core.db import tenant_transaction
 from core.gcwatch import Deliveries
+from core.logs import task_fields
 from core.models import Task, notification_message, task_row
 from core.payloads import (
     DELIVER_AHEAD,
@@ -33,6 +35,7 @@ from core.payloads import (
 )
 from core.pubsub import publish
 from core.recurrence import RuleRunner, RuleUnusable
+from core.temporal import task_workflow_id
 
 tasks: Table = Task.__table__  # type: ignore[assignment]
 
@@ -55,6 +58,45 @@ _DELIVER = text(
 )
 
 
+# Why a delivery failed for good (a non-retryable failure, after which nothing delivers the reminder).
+TASK_DELETED = "task_deleted"
+TASK_MISSING = "task_missing"
+
+
+class DeliveryMetrics:
+    """What the delivery counts, on the worker's runtime meter (core/temporal.py exports it; the no-op
+    meter by default). Made once per worker, every counter at 0 from the start: a series that appears
+    with its first increment hides that increment from rate() and increase(), so an alert on a rare
+    failure would miss the first one."""
+
+    def __init__(self, meter: MetricMeter) -> None:
+        lateness = meter.create_histogram_timedelta(
+            "tickler_reminder_lateness",
+            "Time from a reminder's due instant to its notification row (stage=row, once per reminder) "
+            "and to its publication on Redis (stage=published, each publication)",
+            "s",
+        )
+        self.row_lateness = lateness.with_additional_attributes({"stage": "row"})
+        self.published_lateness = lateness.with_additional_attributes({"stage": "published"})
+        self.delivered = meter.create_counter(
+            "tickler_reminders_delivered", "Reminders whose notification row was written"
+        )
+        self.retries = meter.create_counter(
+            "tickler_delivery_retries",
+            "Attempts of the delivery activity after the first: each is a due reminder not delivered yet",
+        )
+        failed = meter.create_counter(
+            "tickler_deliveries_failed",
+            "Deliveries failed for good: the reminder's task or organization is gone",
+        )
+        self.failed = {
+            reason: failed.with_additional_attributes({"reason": reason})
+            for reason in (TASK_DELETED, TASK_MISSING)
+        }
+        for counter in (self.delivered, self.retries, *self.failed.values()):
+            counter.add(0)
+
+
 class TaskActivities:
     def __init__(
         self,
@@ -64,6 +106,7 @@ class TaskActivities:
         deliveries: Deliveries | None = None,
         *,
         rules: RuleRunner | None = None,
+        metric_meter: MetricMeter | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
         # Deliveries call one function and need no transaction of their own (no BEGIN, no COMMIT).
@@ -75,6 +118,7 @@ class TaskActivities:
         self.rules = rules
         # Deliveries in hand, for the worker's garbage collector (core/gcwatch.py).
         self.deliveries = deliveries or Deliveries()
+        self.metrics = DeliveryMetrics(metric_meter or MetricMeter.noop)
 
     @activity.defn(name=SAVE_TASK)
     async def save_task(self, state: TaskState) -> None:
@@ -103,6 +147,8 @@ class TaskActivities:
 
         Waits for ``input.not_before`` first (at most DELIVER_AHEAD, whatever the clocks say): the
         workflow's timer fires that much early so that this write lands on the instant, never before."""
+        if activity.info().attempt > 1:
+            self.metrics.retries.add(1)
         with self.deliveries.delivering():
             return await self._deliver(input)
 
@@ -123,19 +169,23 @@ class TaskActivities:
                 )
             ).first()
         if row is None:  # the row of a retried delivery vanished: its task was deleted meanwhile
+            self.metrics.failed[TASK_DELETED].add(1)
             raise ApplicationError(f"task {input.task_id} was deleted during delivery", non_retryable=True)
         if row.outcome == "missing":
+            self.metrics.failed[TASK_MISSING].add(1)
             raise ApplicationError(
                 f"task {input.task_id} of organization {input.organization_id} does not exist",
                 type="TaskNotFound",
                 non_retryable=True,
             )
         if row.outcome == "closed":
+            activity.logger.info("reminder not delivered: the task is closed", extra=_log_fields(input))
             return None
         # A retry or a duplicated execution finds the row 'existing' and publishes it again (streams drop
         # duplicates by id), without a predecessor, which only the first delivery knew for sure.
         if row.outcome == "new":
-            _record_lateness(input)
+            self.metrics.delivered.add(1)
+            self.metrics.row_lateness.record(_lateness(input))
         await publish(
             self.redis,
             self.channel,
@@ -148,16 +198,28 @@ class TaskActivities:
                 previous_id=row.previous_id,
             ),
         )
+        # Each publication, a retry's too: one that had to publish again reached its user that late.
+        self.metrics.published_lateness.record(_lateness(input))
+        activity.logger.info(
+            "reminder delivered as notification %d",
+            row.id,
+            extra={**_log_fields(input), "notification_id": row.id, "outcome": row.outcome},
+        )
         notification_id: int = row.id
         return notification_id
 
 
-def _record_lateness(input: DeliverReminderInput) -> None:
-    """How late the reminder fired; due_at minus the offset is when it was meant to."""
+def _lateness(input: DeliverReminderInput) -> timedelta:
+    """How late the reminder is now; due_at minus the offset is when it was meant to fire."""
     late = datetime.now(UTC) - (input.due_at - timedelta(seconds=input.offset_seconds))
-    activity.metric_meter().create_histogram_timedelta(
-        "tickler_reminder_lateness", "Time from a reminder's due instant to its notification row", "s"
-    ).record(max(late, timedelta(0)))
+    return max(late, timedelta(0))
+
+
+def _log_fields(input: DeliverReminderInput) -> dict[str, object]:
+    """A delivery's log fields: its task's, and which reminder (never the task's title or notes)."""
+    workflow_id = activity.info().workflow_id or task_workflow_id(input.task_id)
+    fields = task_fields(input.task_id, workflow_id, input.organization_id)
+    return {**fields, "dedupe_key": input.dedupe_key}
 
 
 async def _wait_for(instant: datetime, at_most: timedelta) -> None:

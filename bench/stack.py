@@ -99,6 +99,11 @@ class Stack:
                 "TICKLER_WEB_HOST": "127.0.0.1",
                 "TICKLER_WEB_PORT": str(web_port),
                 "TICKLER_JWT_SECRET": JWT_SECRET,
+                # Not the default ports, which a `make run` on the same machine holds.
+                "TICKLER_WEB_METRICS_PORT": "0",
+                "TICKLER_WORKER_METRICS_PORT": "0",
+                # No maintenance Schedule: an audit in the middle of a measurement would be measured too.
+                "TICKLER_MAINTENANCE_INTERVAL_SECONDS": "0",
                 "PYTHONPATH": str(ROOT),
             }
         )

@@ -90,6 +90,8 @@ class Stack:
             # No metrics endpoints: their default ports are fixed, and the suite reads none.
             TICKLER_WEB_METRICS_PORT="0",
             TICKLER_WORKER_METRICS_PORT="0",
+            # No maintenance Schedule: its audit would be one more load on the faults' figures.
+            TICKLER_MAINTENANCE_INTERVAL_SECONDS="0",
             TICKLER_JWT_SECRET=SECRET,
             TICKLER_LOG_LEVEL="INFO",
             TICKLER_SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),

@@ -3,11 +3,15 @@
 Verification uses exactly one algorithm family, chosen by the settings: RS256 with a public key (a PEM
 file, or a JWKS file whose key the token's `kid` names), else HS256 with the shared secret. A token
 signed another way is refused, so an RS256 public key can never be used as an HMAC secret.
+
+Operators are whoever the same issuer gives the role `operator` in the token's `roles` claim; they may
+use the codec endpoint (web/codec/), which decrypts any organization's payloads, and need no `org`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -15,8 +19,11 @@ from typing import Any
 
 import jwt
 
-from core.errors import Unauthorized
+from core.errors import Forbidden, Unauthorized
 from core.settings import Settings
+
+# The role, in a token's `roles` claim, of those who may decrypt payloads through the codec endpoint.
+OPERATOR_ROLE = "operator"
 
 
 @dataclass(frozen=True)
@@ -28,10 +35,30 @@ class Principal:
     expires_at: datetime
 
 
-def mint_token(settings: Settings, *, user_id: str, organization_id: str, ttl_seconds: int) -> str:
-    """An HS256 token signed with TICKLER_JWT_SECRET, as the CRM would issue one (development, tests)."""
+@dataclass(frozen=True)
+class Operator:
+    """Who calls the codec endpoint: the subject of a token with the operator role, of no organization."""
+
+    subject: str
+    expires_at: datetime
+
+
+def mint_token(
+    settings: Settings,
+    *,
+    user_id: str,
+    organization_id: str | None,
+    ttl_seconds: int,
+    roles: Sequence[str] = (),
+) -> str:
+    """An HS256 token signed with TICKLER_JWT_SECRET, as the CRM would issue one (development, tests);
+    without an organization it can only be an operator's."""
     now = int(time.time())
-    claims: dict[str, object] = {"sub": user_id, "org": organization_id, "iat": now, "exp": now + ttl_seconds}
+    claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}
+    if organization_id is not None:
+        claims["org"] = organization_id
+    if roles:
+        claims["roles"] = list(roles)
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
@@ -67,6 +94,31 @@ class TokenVerifier:
         return self.settings.jwt_secret.get_secret_value(), ["HS256"]
 
     def verify(self, token: str) -> Principal:
+        claims = self._claims(token)
+        org = claims.get("org")
+        if not isinstance(org, str | int) or isinstance(org, bool) or str(org) == "":
+            raise Unauthorized("The bearer token has no `org` claim (the organization id).")
+        return Principal(
+            user_id=str(claims["sub"]),
+            organization_id=str(org),
+            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        )
+
+    def verify_operator(self, token: str) -> Operator:
+        """An operator: a valid token (401 if not) whose `roles` claim holds ``operator`` (403 if not)."""
+        claims = self._claims(token)
+        roles = claims.get("roles")
+        # A list of names, or one string of names separated by spaces, as an OAuth scope is.
+        names = roles.split() if isinstance(roles, str) else roles if isinstance(roles, list) else []
+        if OPERATOR_ROLE not in names:
+            raise Forbidden(
+                f"Only operators may use this: the token's `roles` claim must include `{OPERATOR_ROLE}`."
+            )
+        return Operator(
+            subject=str(claims["sub"]), expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)
+        )
+
+    def _claims(self, token: str) -> dict[str, Any]:
         settings = self.settings
         try:
             key, algorithms = self._key(token)
@@ -82,14 +134,7 @@ class TokenVerifier:
             raise Unauthorized("The bearer token has expired; get a new one.") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"The bearer token is invalid: {exc}.") from exc
-        org = claims.get("org")
-        if not isinstance(org, str | int) or isinstance(org, bool) or str(org) == "":
-            raise Unauthorized("The bearer token has no `org` claim (the organization id).")
-        return Principal(
-            user_id=str(claims["sub"]),
-            organization_id=str(org),
-            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
-        )
+        return claims
 
 
 def verify_token(settings: Settings, token: str) -> Principal:

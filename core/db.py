@@ -31,6 +31,9 @@ def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_timeout=settings.database_connect_timeout_seconds,
+        # An error's text leaves the statement's values out: they can be a task's title or notes, and
+        # errors are logged (docs/decisions.md §22).
+        hide_parameters=True,
         connect_args={
             "server_settings": server_settings,
             "timeout": settings.database_connect_timeout_seconds,

@@ -2,6 +2,7 @@
 
 TicklerError            500, never raised for client mistakes
 ├── Unauthorized        401, no or bad credentials
+├── Forbidden           403, good credentials without the role the route needs (the codec endpoint)
 ├── NotFound            404, also for ids of other organizations
 ├── Conflict            409, the change clashes with the task's state
 ├── Unprocessable       422, well-formed but invalid input
@@ -52,6 +53,11 @@ class Unauthorized(TicklerError):
     @property
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(TicklerError):
+    status = 403
+    title = "Forbidden"
 
 
 class NotFound(TicklerError):

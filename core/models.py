@@ -116,6 +116,13 @@ class Notification(Base):
             "id",
             postgresql_where=text("read_at IS NULL"),
         ),
+        # The purge's walk: read notifications by age (tickler/ops/purge.py).
+        Index(
+            "ix_notifications_read_created",
+            "created_at",
+            "id",
+            postgresql_where=text("read_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Used when TICKLER_JWT_SECRET is not set; `tickler web` refuses it unless TICKLER_ENV is "dev".
@@ -21,6 +22,13 @@ class Settings(BaseSettings):
 
     env: str = Field("dev", description='"dev" allows the development JWT secret; anything else refuses it.')
     log_level: str = Field("INFO", description="Python log level of every process.")
+    log_format: Literal["text", "json"] | None = Field(
+        None,
+        description=(
+            'Log lines of every process: "json" (one object per line) or "text"; unset: "text" when '
+            'TICKLER_ENV is "dev", else "json".'
+        ),
+    )
     data_dir: Path = Field(Path(".data"), description="Where the embedded stack keeps its files.")
 
     database_url: str = Field(
@@ -78,9 +86,101 @@ class Settings(BaseSettings):
     change_timeout_seconds: float = Field(
         10.0, gt=0, description="How long a create or change waits for the worker's confirmation (then 503)."
     )
+    # TLS to Temporal (docs/deployment.md, "Connecting to Temporal").
+    temporal_tls: bool = Field(
+        False,
+        description=(
+            "Connect to Temporal over TLS, the server verified against the system's roots; implied by "
+            "any of the TICKLER_TEMPORAL_TLS_* below."
+        ),
+    )
+    temporal_tls_ca_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of the CA that signed the Temporal frontend's certificate (unset: the system's roots)."
+        ),
+    )
+    temporal_tls_cert_file: Path | None = Field(
+        None,
+        description=(
+            "PEM file of the client certificate for mTLS to Temporal; needs TICKLER_TEMPORAL_TLS_KEY_FILE."
+        ),
+    )
+    temporal_tls_key_file: Path | None = Field(
+        None, description="PEM file of the private key of TICKLER_TEMPORAL_TLS_CERT_FILE."
+    )
+    temporal_tls_server_name: str | None = Field(
+        None,
+        description=(
+            "Name the frontend's certificate must carry, also sent as SNI, when it is not the host of "
+            "TICKLER_TEMPORAL_ADDRESS."
+        ),
+    )
+    temporal_api_key: SecretStr | None = Field(
+        None,
+        description=(
+            "API key sent as a bearer token with every Temporal call (Temporal Cloud); TLS is then on "
+            "even without TICKLER_TEMPORAL_TLS."
+        ),
+    )
+    # Payload encryption (core/codec.py; docs/deployment.md, "Encryption of workflow payloads").
+    payload_encryption: bool = Field(
+        True,
+        description=(
+            "Encrypt every workflow payload (task titles, notes, failures) before it reaches Temporal, with "
+            "TICKLER_ENCRYPTION_KEYS or TICKLER_ENCRYPTION_KEY_FILE. Neither set: with TICKLER_ENV=dev a "
+            "key is generated into TICKLER_DATA_DIR/encryption.keys (0600), any other env refuses to start. "
+            "false: payloads are stored in clear."
+        ),
+    )
+    encryption_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "Payload encryption keys: `kid:base64` entries (32 random bytes each; `tickler encryption-key` "
+            "prints one), comma-separated, newest first. The first encrypts, every one decrypts."
+        ),
+    )
+    encryption_key_file: Path | None = Field(
+        None,
+        description=(
+            "File of payload encryption keys, one `kid:base64` entry per line, newest first (`#` starts a "
+            "comment); instead of TICKLER_ENCRYPTION_KEYS."
+        ),
+    )
+    codec_cors_origins: str | None = Field(
+        None,
+        description=(
+            "Origins of the Temporal Web UIs whose pages may call the codec endpoint (/codec), "
+            "comma-separated, e.g. `https://temporal.example.com`; unset: the dev server's UI "
+            "(http://127.0.0.1 and http://localhost on TICKLER_TEMPORAL_UI_PORT)."
+        ),
+    )
 
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the Prometheus /metrics of the web and worker processes bind (0.0.0.0 for a "
+            "Prometheus on another host; never published to clients)."
+        ),
+    )
+    web_metrics_port: int = Field(
+        9464,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the web process's Prometheus /metrics, answered from a thread of its own and never on "
+            "TICKLER_WEB_PORT (0: no endpoint). `tickler run --replicas N` gives web process n this port "
+            "+ 2(n - 1)."
+        ),
+    )
     worker_metrics_port: int = Field(
-        0, ge=0, description="Port of the worker's Prometheus /metrics on 127.0.0.1 (0: no endpoint)."
+        9465,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the worker's Prometheus /metrics, the Temporal SDK's and Tickler's (0: no endpoint). "
+            "`tickler run --replicas N` gives worker n this port + 2(n - 1)."
+        ),
     )
     worker_health_host: str = Field("127.0.0.1", description="Address the worker's /healthz binds.")
     worker_health_port: int = Field(
@@ -144,6 +244,52 @@ class Settings(BaseSettings):
             "the stack where it is stuck and counted (the worker's `tickler_event_loop_blocks`)."
         ),
     )
+    # Audit, repair, retention (docs/operations.md, "Audit and repair", "Retention").
+    maintenance_database_role: str = Field(
+        "tickler_maintenance",
+        description=(
+            "Role of the sessions of `tickler audit`, `repair`, `purge`, `stats` and the maintenance "
+            "Schedule: it reads every organization's rows and deletes read notifications, nothing else "
+            "(empty: the login role)."
+        ),
+    )
+    audit_overdue_after_seconds: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "An open task whose last reminder is this late without a notification row is an audit "
+            "finding (`overdue`)."
+        ),
+    )
+    audit_concurrency: int = Field(
+        20, ge=1, description="Most Temporal calls about single tasks an audit or repair has in flight."
+    )
+    notification_retention_days: int = Field(
+        90,
+        ge=0,
+        description=(
+            "Read notifications created longer ago than this are deleted by `tickler purge` and the "
+            "maintenance Schedule (0: kept for ever)."
+        ),
+    )
+    maintenance_interval_seconds: int = Field(
+        900,
+        ge=0,
+        description=(
+            "Every this many seconds the maintenance Schedule audits and purges; the worker creates or "
+            "updates it at start (0: the worker leaves it alone)."
+        ),
+    )
+    maintenance_repair: bool = Field(
+        False,
+        description=(
+            "The maintenance Schedule also repairs what its audit finds, as `tickler repair` does "
+            "(default: it reports them in `tickler_audit_findings` only)."
+        ),
+    )
+    maintenance_schedule_id: str = Field(
+        "tickler-maintenance", description="Id of the maintenance Schedule in the Temporal namespace."
+    )
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")
 
@@ -194,6 +340,34 @@ class Settings(BaseSettings):
             "its connection is reset and its slot freed."
         ),
     )
+
+    @model_validator(mode="after")
+    def _temporal_tls_and_keys_complete(self) -> Self:
+        # A certificate without its key (or the other way round) would silently connect without mTLS.
+        if (self.temporal_tls_cert_file is None) != (self.temporal_tls_key_file is None):
+            raise ValueError(
+                "TICKLER_TEMPORAL_TLS_CERT_FILE and TICKLER_TEMPORAL_TLS_KEY_FILE go together: set both "
+                "for mTLS, or neither"
+            )
+        if self.encryption_keys is not None and self.encryption_key_file is not None:
+            raise ValueError(
+                "set TICKLER_ENCRYPTION_KEYS or TICKLER_ENCRYPTION_KEY_FILE, not both: one list of keys, "
+                "in one order"
+            )
+        return self
+
+    def codec_origins(self) -> list[str]:
+        """The origins allowed to call the codec endpoint (TICKLER_CODEC_CORS_ORIGINS)."""
+        configured = self.codec_cors_origins or ""
+        origins = [o.strip().rstrip("/") for o in configured.split(",") if o.strip()]
+        return origins or [f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")]
+
+    @model_validator(mode="after")
+    def _metrics_apart_from_the_api(self) -> Self:
+        # Metrics say what runs inside; they are never served to the API's clients.
+        if self.web_metrics_port and self.web_metrics_port == self.web_port:
+            raise ValueError("TICKLER_WEB_METRICS_PORT must differ from TICKLER_WEB_PORT")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.tasks import TaskActivities
+from core.codec import EncryptionKey
 from core.db import make_engine, make_sessionmaker
 from core.pubsub import make_redis
 from core.recurrence import RuleRunner
@@ -30,6 +31,9 @@ from tests.helpers import STREAM_DEADLINE, serve_app
 from tickler import devstack
 from tickler.migrate import upgrade
 from tickler.worker import build_worker
+
+# The suite's payload encryption key: fresh each session, so nothing can depend on its value.
+TEST_ENCRYPTION_KEY = EncryptionKey.generate("test")
 
 
 @dataclass
@@ -82,8 +86,13 @@ def settings(servers: Servers) -> Settings:
         redis_channel=f"tickler-test-{uuid.uuid4().hex[:8]}",
         jwt_secret=SecretStr("test-secret-of-at-least-thirty-two-bytes"),
         sse_heartbeat_seconds=1.0,
+        # No metrics endpoint on the fixed default ports: a test that wants one gives a free port.
+        web_metrics_port=0,
+        worker_metrics_port=0,
         # Production runs unsandboxed for speed; here the sandbox fails a non-deterministic call.
         worker_sandboxed=True,
+        # Every client and worker of the suite encrypts payloads, as production does (core/codec.py).
+        encryption_keys=SecretStr(TEST_ENCRYPTION_KEY.entry()),
     )
     # The suite builds its schema with the migrations, so they are tested too.
     upgrade(settings.database_url)

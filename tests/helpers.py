@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -249,3 +250,17 @@ async def start_task(temporal: Client, state: TaskState, task_queue: str) -> Wor
     )
     await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
     return handle
+
+
+def command_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `tickler` command on the suite's servers: the caller's TICKLER_* variables
+    dropped, the addresses, queue and payload keys of ``settings``, and ``extra`` (TICKLER_ names)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+    names = ["database_url", "redis_url", "redis_channel", "temporal_address", "temporal_namespace"]
+    names += ["temporal_task_queue", "jwt_secret", "encryption_keys"]
+    for name in names:
+        value = getattr(settings, name, None)
+        if value is not None:
+            secret = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            env[f"TICKLER_{name.upper()}"] = str(secret)
+    return env | {f"TICKLER_{name.upper()}": value for name, value in extra.items()}

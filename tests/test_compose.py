@@ -307,8 +307,9 @@ def test_web_healthcheck_and_port_match_the_web_port(services: dict[str, dict[st
     web = services["web"]
     port = environment_of(web).get("TICKLER_WEB_PORT") or str(Settings.model_fields["web_port"].default)
     check = healthcheck_text(web)
-    fix = f"probe http://localhost:{port}/healthz (TICKLER_WEB_PORT is {port})"
-    assert "/healthz" in check, f"web healthcheck {check!r}: {fix}"
+    fix = f"probe http://localhost:{port}/readyz (TICKLER_WEB_PORT is {port})"
+    # Readiness: a compose healthcheck restarts nothing, and /readyz fails for a blocked loop too.
+    assert "/readyz" in check, f"web healthcheck {check!r}: {fix}"
     assert f":{port}/" in check, f"web healthcheck {check!r} probes another port: {fix}"
     published = [str(p).rpartition(":")[2] for p in web.get("ports", [])]
     assert port in published, f"service 'web': publish the container port {port}, e.g. `- \"{port}:{port}\"`"
@@ -326,8 +327,8 @@ def test_worker_healthcheck_probes_the_worker_health_port(services: dict[str, di
         "container reach the worker's /healthz"
     )
     check = healthcheck_text(worker)
-    fix = f"probe http://localhost:{port}/healthz (TICKLER_WORKER_HEALTH_PORT is {port})"
-    assert "/healthz" in check, f"worker healthcheck {check!r}: {fix}"
+    fix = f"probe http://localhost:{port}/readyz (TICKLER_WORKER_HEALTH_PORT is {port})"
+    assert "/readyz" in check, f"worker healthcheck {check!r}: {fix}"
     assert f":{port}/" in check, f"worker healthcheck {check!r} probes another port: {fix}"
 
 
@@ -465,3 +466,27 @@ def test_env_example_matches_descriptions_and_defaults() -> None:
             f"{ENV_EXAMPLE.name} is out of date with core.settings.Settings for {field}; "
             "replace its two lines with:\n" + "\n".join(expected)
         )
+
+
+def test_payloads_are_encrypted_and_the_ui_decodes_them_through_the_web(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = environment_of(services["web"])
+    assert str(env.get("TICKLER_PAYLOAD_ENCRYPTION", "true")).lower() not in ("false", "0", "no")
+    keys = env.get("TICKLER_ENCRYPTION_KEYS") or ""
+    assert re.fullmatch(r"\$\{TICKLER_ENCRYPTION_KEYS:\?[^}]*\}", keys), (
+        "set `TICKLER_ENCRYPTION_KEYS: ${TICKLER_ENCRYPTION_KEYS:?...}` in x-tickler-env: the workers refuse "
+        "to start without keys (TICKLER_ENV is not dev), and a default key would be no secret"
+    )
+    ui = environment_of(services["temporal-ui"])
+    endpoint = urlsplit(str(ui.get("TEMPORAL_CODEC_ENDPOINT", "")))
+    assert endpoint.path == "/codec", "point the UI's TEMPORAL_CODEC_ENDPOINT at the web's /codec"
+    published = {str(p).split(":")[-2] for p in services["web"].get("ports", [])}
+    assert str(endpoint.port) in published, (
+        "the browser calls the codec endpoint: use the web's published port"
+    )
+    ui_port = {str(p).split(":")[-2] for p in services["temporal-ui"].get("ports", [])}
+    origins = {o.strip() for o in str(env.get("TICKLER_CODEC_CORS_ORIGINS", "")).split(",")}
+    assert {f"http://localhost:{port}" for port in ui_port} <= origins, (
+        "allow the UI's origin in TICKLER_CODEC_CORS_ORIGINS, or browsers refuse the codec's answers"
+    )

@@ -1,27 +1,19 @@
-"""`tickler`: run the development stack, or one process of it, apply migrations, mint dev tokens."""
+"""`tickler`: run the development stack, or one process of it, apply migrations, mint dev tokens, and
+audit, repair, purge and report on a deployment (docs/operations.md)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any
 
-from core.auth import mint_token
+from core.auth import OPERATOR_ROLE, mint_token
+from core.logs import configure_logging
 from core.settings import DEV_JWT_SECRET, Settings, get_settings
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Alembic announces each of its plugins at INFO on every `tickler migrate` and `tickler run`.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _refuse_dev_secret(settings: Settings) -> None:
@@ -29,6 +21,19 @@ def _refuse_dev_secret(settings: Settings) -> None:
         sys.exit(
             "TICKLER_JWT_SECRET is not set: the development secret is only allowed with TICKLER_ENV=dev."
         )
+
+
+def _refuse_unusable_temporal_settings(settings: Settings) -> None:
+    """Missing or malformed encryption keys, or an unreadable TLS file: one line at start, not a traceback
+    from the first call to Temporal."""
+    from core.codec import EncryptionConfigError, configured_keys
+    from core.temporal import TemporalConfigError, tls_config
+
+    try:
+        configured_keys(settings)
+        tls_config(settings)
+    except (EncryptionConfigError, TemporalConfigError) as exc:
+        sys.exit(str(exc))
 
 
 def _run(settings: Settings, main: Coroutine[Any, Any, None]) -> None:
@@ -52,6 +57,7 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from tickler.worker import run_worker
 
+    _refuse_unusable_temporal_settings(settings)
     _run(settings, run_worker(settings))
     return 0
 
@@ -60,6 +66,7 @@ def _cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     from web.server import serve_web
 
     _refuse_dev_secret(settings)
+    _refuse_unusable_temporal_settings(settings)
     _run(settings, serve_web(settings))
     return 0
 
@@ -72,8 +79,57 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
-    print(mint_token(settings, user_id=args.user, organization_id=args.org, ttl_seconds=args.ttl))
+    if args.org is None and not args.operator:
+        sys.exit("tickler token: --org is required (only an --operator token may go without one)")
+    roles = [OPERATOR_ROLE] if args.operator else []
+    token = mint_token(
+        settings, user_id=args.user, organization_id=args.org, ttl_seconds=args.ttl, roles=roles
+    )
+    print(token)
     return 0
+
+
+def _cmd_encryption_key(settings: Settings, args: argparse.Namespace) -> int:
+    from core.codec import EncryptionConfigError, EncryptionKey
+
+    try:
+        print(EncryptionKey.generate(args.kid).entry())
+    except EncryptionConfigError as exc:
+        sys.exit(str(exc))
+    return 0
+
+
+# The operations commands (docs/operations.md): their work is in tickler/ops/.
+
+
+def _cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from tickler.ops import commands
+
+    return asyncio.run(commands.audit(settings, args.org, args.json))
+
+
+def _cmd_repair(settings: Settings, args: argparse.Namespace) -> int:
+    from tickler.ops import commands
+
+    return asyncio.run(commands.repair(settings, args.org, args.dry_run, args.json))
+
+
+def _cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
+    from tickler.ops import commands
+
+    return asyncio.run(commands.purge(settings, args.older_than, args.batch_size))
+
+
+def _cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from tickler.ops import commands
+
+    return asyncio.run(commands.stats(settings, args.org, args.since, args.until, args.json))
+
+
+def _cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
+    from tickler.ops import commands
+
+    return asyncio.run(commands.schedule(settings, args.delete))
 
 
 def _positive(text: str) -> int:
@@ -81,6 +137,53 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return value
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from exc
+    if value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no offset: add Z or +01:00")
+    return value
+
+
+def _add_operations(commands: Any) -> None:
+    audit = commands.add_parser(
+        "audit", help="compare the tasks table with Temporal; exit 1 if anything is off"
+    )
+    repair = commands.add_parser("repair", help="fix what `tickler audit` finds")
+    repair.add_argument("--dry-run", action="store_true", help="print what it would do, change nothing")
+    for command in (audit, repair):
+        command.add_argument("--org", help="one organization only")
+        command.add_argument("--json", action="store_true", help="print JSON")
+    audit.set_defaults(func=_cmd_audit)
+    repair.set_defaults(func=_cmd_repair)
+    purge = commands.add_parser("purge", help="delete read notifications older than the retention")
+    purge.add_argument(
+        "--older-than",
+        type=_positive,
+        metavar="DAYS",
+        help="age in days (default: TICKLER_NOTIFICATION_RETENTION_DAYS)",
+    )
+    purge.add_argument(
+        "--batch-size", type=_positive, default=1000, help="rows per statement (default: 1000)"
+    )
+    purge.set_defaults(func=_cmd_purge)
+    stats = commands.add_parser(
+        "stats", help="one organization's lateness, pending reminders and counts, from its rows"
+    )
+    stats.add_argument("--org", required=True, help="the organization id")
+    stats.add_argument("--since", type=_instant, help="ISO 8601 with offset (default: a day before --until)")
+    stats.add_argument("--until", type=_instant, help="ISO 8601 with offset (default: now)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=_cmd_stats)
+    schedule = commands.add_parser(
+        "schedule", help="create or update the maintenance Schedule in Temporal (the worker does at start)"
+    )
+    schedule.add_argument("--delete", action="store_true", help="delete it instead")
+    schedule.set_defaults(func=_cmd_schedule)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,14 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_cmd_migrate)
     token = commands.add_parser("token", help="print a bearer token signed with TICKLER_JWT_SECRET")
     token.add_argument("--user", required=True, help="user id (the `sub` claim)")
-    token.add_argument("--org", required=True, help="organization id (the `org` claim)")
+    token.add_argument("--org", help="organization id (the `org` claim); required but with --operator")
     token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds (default: a day)")
+    token.add_argument(
+        "--operator",
+        action="store_true",
+        help="with the `operator` role, which the codec endpoint (/codec) requires",
+    )
     token.set_defaults(func=_cmd_token)
+    key = commands.add_parser(
+        "encryption-key",
+        help="print a new payload encryption key entry (`kid:base64`) for TICKLER_ENCRYPTION_KEYS",
+    )
+    key.add_argument("--kid", help="its id (default: k<UTC time>, so that ids sort by age)")
+    key.set_defaults(func=_cmd_encryption_key)
+    _add_operations(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    _configure_logging(settings)
+    configure_logging(settings)
     sys.exit(args.func(settings, args))

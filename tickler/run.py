@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from core.codec import DEV_KEY_FILE, EncryptionConfigError, configured_keys
 from core.settings import Settings
 from tickler import devstack
 from tickler.migrate import upgrade
@@ -56,9 +57,16 @@ def run_stack(settings: Settings, replicas: int = 1) -> int:
     if replicas > 1 and (busy := _replica_ports_in_use(settings.web_port, replicas)):
         log.error("%s; `--replicas %d` needs the %d ports after TICKLER_WEB_PORT", busy, replicas, replicas)
         return 1
+    metrics = _metrics_ports(settings, replicas)
+    if unusable := _metrics_ports_unusable(settings, replicas, metrics):
+        log.error(
+            "%s: set TICKLER_WEB_METRICS_PORT and TICKLER_WORKER_METRICS_PORT elsewhere (0: off)", unusable
+        )
+        return 1
     env = dict(os.environ)
     processes: list[devstack.ManagedProcess] = []
     try:
+        _keep_encryption_key(settings, env)
         _start_servers(settings, env, processes, stop, replicas)
         if stop.is_set():
             return 0
@@ -66,11 +74,11 @@ def run_stack(settings: Settings, replicas: int = 1) -> int:
         if stop.is_set():
             return 0
         if replicas > 1:
-            return _run_replicas(settings, env, processes, replicas, stop)
+            return _run_replicas(settings, env, processes, replicas, stop, metrics)
         _start_worker_and_web(env, processes)
         if not _wait_for_web(web_address, processes[-1], stop):
             return 0
-        _announce(settings, env)
+        _announce(settings, env, metrics=metrics)
         _supervise(processes, stop)
         return 0
     except _Failed as failed:
@@ -128,7 +136,10 @@ def _start_servers(
             "temporal_address",
             "TICKLER_TEMPORAL_ADDRESS",
             lambda: devstack.start_temporal(
-                data_dir, settings.embedded_temporal_port, settings.temporal_ui_port
+                data_dir,
+                settings.embedded_temporal_port,
+                settings.temporal_ui_port,
+                ui_codec_endpoint=_codec_endpoint(settings),
             ),
         ),
     ]
@@ -139,6 +150,22 @@ def _start_servers(
         proc = start()
         processes.append(proc)
         env[env_name] = proc.address
+
+
+def _codec_endpoint(settings: Settings) -> str:
+    """Where the dev server's UI finds the codec endpoint: the web app (or the proxy before the web apps)."""
+    return f"http://{_probe_host(settings.web_host)}:{settings.web_port}/codec"
+
+
+def _keep_encryption_key(settings: Settings, env: dict[str, str]) -> None:
+    """Check the payload encryption keys before anything starts; without configured ones, keep this
+    stack's key in TICKLER_DATA_DIR (made on the first start, 0600) and name it to the worker and web."""
+    try:
+        keys = configured_keys(settings)
+    except EncryptionConfigError as exc:
+        raise _Failed(str(exc)) from None
+    if keys is not None and settings.encryption_keys is None and settings.encryption_key_file is None:
+        env["TICKLER_ENCRYPTION_KEY_FILE"] = str((settings.data_dir / DEV_KEY_FILE).resolve())
 
 
 def _migrate(settings: Settings, env: dict[str, str]) -> None:
@@ -202,6 +229,43 @@ class _Replica:
         log.info("%s started again (pid %d)", self.name, self.process.popen.pid)
 
 
+MetricsPorts = dict[str, tuple[str, int]]
+"""The metrics endpoint of each worker and web process, by process name: (its variable, its port)."""
+
+
+def _metrics_ports(settings: Settings, replicas: int) -> MetricsPorts:
+    """Where each process serves its metrics: the web process and the worker on their settings, or with
+    ``--replicas N`` replica n of each on its setting + 2(n - 1), so that with the defaults the web
+    processes take 9464, 9466, ... and the workers 9465, 9467, ...; nothing for a setting of 0."""
+    ports: MetricsPorts = {}
+    for kind, variable, base in (
+        ("web", "TICKLER_WEB_METRICS_PORT", settings.web_metrics_port),
+        ("worker", "TICKLER_WORKER_METRICS_PORT", settings.worker_metrics_port),
+    ):
+        if not base:
+            continue
+        if replicas == 1:
+            ports[kind] = (variable, base)
+        else:
+            ports.update({f"{kind}-{n}": (variable, base + 2 * (n - 1)) for n in range(1, replicas + 1)})
+    return ports
+
+
+def _metrics_ports_unusable(settings: Settings, replicas: int, metrics: MetricsPorts) -> str:
+    """Why the metrics ports cannot be used ("" if they can): two processes on one, or one in use."""
+    api = {settings.web_port, *(settings.web_port + n for n in range(1, replicas + 1) if replicas > 1)}
+    seen: dict[int, str] = {}
+    for name, (variable, port) in metrics.items():
+        if port > 65535:
+            return f"{variable} leaves no port for {name}"
+        if port in api or port in seen:
+            return f"{name} would serve its metrics on port {port}, taken by {seen.get(port, 'the API')}"
+        seen[port] = name
+        if _answers(_probe_host(settings.metrics_host), port):
+            return f"{settings.metrics_host}:{port} ({variable}, {name}) is in use"
+    return ""
+
+
 def _replica_ports_in_use(web_port: int, replicas: int) -> str:
     """Why the web processes' ports cannot be used ("" if they can)."""
     if web_port + replicas > 65535:
@@ -218,18 +282,19 @@ def _run_replicas(
     processes: list[devstack.ManagedProcess],
     replicas: int,
     stop: threading.Event,
+    metrics: MetricsPorts,
 ) -> int:
     """N workers, N web processes on the ports after TICKLER_WEB_PORT, then HAProxy on it; supervise."""
     started: list[_Replica] = []
     for number in range(1, replicas + 1):
         worker_env = dict(env)
-        # Each worker its own health and metrics ports, when they are on (0: off for all).
-        for setting, base in (
-            ("TICKLER_WORKER_HEALTH_PORT", settings.worker_health_port),
-            ("TICKLER_WORKER_METRICS_PORT", settings.worker_metrics_port),
-        ):
-            if base:
-                worker_env[setting] = str(base + number - 1)
+        # Each worker its own health port, when it is on (0: off for all).
+        if settings.worker_health_port:
+            worker_env["TICKLER_WORKER_HEALTH_PORT"] = str(settings.worker_health_port + number - 1)
+        # And its own metrics port (_metrics_ports).
+        if f"worker-{number}" in metrics:
+            variable, port = metrics[f"worker-{number}"]
+            worker_env[variable] = str(port)
         started.append(_Replica.spawn("worker", number, worker_env))
         processes.append(started[-1].process)
     backends: list[devstack.Backend] = []
@@ -237,6 +302,9 @@ def _run_replicas(
         # Behind the proxy only: the loopback, whatever TICKLER_WEB_HOST says (the proxy binds that).
         backends.append(devstack.Backend(f"web-{number}", settings.web_port + number))
         web_env = dict(env, TICKLER_WEB_HOST="127.0.0.1", TICKLER_WEB_PORT=str(backends[-1].port))
+        if f"web-{number}" in metrics:
+            variable, port = metrics[f"web-{number}"]
+            web_env[variable] = str(port)
         started.append(_Replica.spawn("web", number, web_env))
         processes.append(started[-1].process)
     webs = [replica for replica in started if replica.name.startswith("web-")]
@@ -260,6 +328,7 @@ def _run_replicas(
         env,
         f"  Replicas   {replicas} workers; {replicas} web processes ({web_list}) behind HAProxy\n"
         f"             ({data_dir / 'haproxy.cfg'}, log: {data_dir / 'haproxy.log'})\n",
+        metrics,
     )
     _supervise(processes, stop, started)
     return 0
@@ -276,16 +345,29 @@ def _wait_for_web(address: tuple[str, int], web: devstack.ManagedProcess, stop: 
     return True
 
 
-def _announce(settings: Settings, env: dict[str, str], topology: str = "") -> None:
+def _announce(
+    settings: Settings, env: dict[str, str], topology: str = "", metrics: MetricsPorts | None = None
+) -> None:
     web = f"http://{settings.web_host}:{settings.web_port}"
     temporal_ui = ""
     if "temporal_address" not in settings.model_fields_set:
         temporal_ui = f"   Web UI: http://127.0.0.1:{settings.temporal_ui_port}"
+    host = _probe_host(settings.metrics_host)
+    endpoints = "".join(
+        f"  {'Metrics' if n == 0 else '':<11}{name:<9}http://{host}:{port}/metrics\n"
+        for n, (name, (_, port)) in enumerate((metrics or {}).items())
+    )
+    codec = ""
+    if settings.payload_encryption:
+        # The Web UI decodes payloads for a browser with an operator's session (docs/deployment.md).
+        codec = f"  Codec      {web}/codec   (payloads encrypted; sign in as an operator to read them)\n"
     print(
         "\nTickler is up:\n"
         f"  API        {web}/v1/tasks   (OpenAPI: {web}/openapi.json, docs: {web}/docs)\n"
         f"  Stream     {web}/v1/notifications/stream\n"
         f"  Temporal   {env.get('TICKLER_TEMPORAL_ADDRESS', settings.temporal_address)}{temporal_ui}\n"
+        f"{codec}"
+        f"{endpoints}"
         f"{topology}"
         "  Token      .venv/bin/tickler token --user 7 --org 42\n"
         "Ctrl-C (or SIGTERM) stops everything.\n",

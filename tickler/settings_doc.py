@@ -19,7 +19,7 @@ HEADER = """\
 # descriptions, defaults). Each commented line shows the default. Uncomment and edit what you need, and
 # save the result as .env (git-ignored): the app reads it when run from this directory, and
 # docker compose reads it only to fill the ${...} references of docker-compose.yml
-# (TICKLER_JWT_SECRET, TICKLER_LOG_LEVEL, POSTGRES_PASSWORD).
+# (TICKLER_JWT_SECRET, TICKLER_ENCRYPTION_KEYS, TICKLER_LOG_LEVEL, POSTGRES_PASSWORD).
 # A field whose default is None is shown empty: keep it commented to leave it unset, since an
 # uncommented empty value is the empty string.
 """

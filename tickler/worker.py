@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.maintenance import MaintenanceActivities
 from activities.tasks import TaskActivities
 from core import readiness
 from core.db import make_engine, make_sessionmaker
@@ -26,8 +27,18 @@ from core.gcwatch import Deliveries, collection_schedule
 from core.pubsub import make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings
-from core.temporal import EventLoopBlockMetrics, connect, gc_pause_histogram, metrics_runtime
+from core.temporal import (
+    EventLoopBlockMetrics,
+    connect,
+    gc_pause_histogram,
+    metrics_runtime,
+    readiness_gauge,
+)
 from core.watchdog import HealthServer, LoopWatchdog
+from tickler.ops.connections import maintenance_engine
+from tickler.ops.maintenance import Operations
+from tickler.ops.schedule import ensure_schedule_at_start
+from workflows.maintenance import MaintenanceWorkflow
 from workflows.task import TaskWorkflow
 
 log = logging.getLogger(__name__)
@@ -100,14 +111,29 @@ class WorkerOptions:
 
 
 def build_worker(
-    client: Client, settings: Settings, activities: TaskActivities, options: WorkerOptions | None = None
+    client: Client,
+    settings: Settings,
+    activities: TaskActivities,
+    options: WorkerOptions | None = None,
+    *,
+    maintenance: MaintenanceActivities | None = None,
 ) -> Worker:
-    """The worker, tuned by ``options`` (by default, those of the settings)."""
+    """The worker, tuned by ``options`` (by default, those of the settings); with ``maintenance``, it runs
+    the maintenance Schedule's workflow too."""
+    workflows: list[type] = [TaskWorkflow]
+    functions: list[Callable[..., Any]] = [
+        activities.save_task,
+        activities.next_occurrence,
+        activities.deliver_reminder,
+    ]
+    if maintenance is not None:
+        workflows.append(MaintenanceWorkflow)
+        functions += [maintenance.audit, maintenance.purge]
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
-        workflows=[TaskWorkflow],
-        activities=[activities.save_task, activities.next_occurrence, activities.deliver_reminder],
+        workflows=workflows,
+        activities=functions,
         # The SDK's default is 0: a delivery in hand at SIGTERM was cancelled (then retried elsewhere).
         graceful_shutdown_timeout=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
         **(options or WorkerOptions.of(settings)).worker_arguments(),
@@ -115,10 +141,13 @@ def build_worker(
 
 
 def readiness_check(
-    loop: asyncio.AbstractEventLoop, watchdog: LoopWatchdog, checks: Mapping[str, readiness.Check]
+    loop: asyncio.AbstractEventLoop,
+    watchdog: LoopWatchdog,
+    checks: Mapping[str, readiness.Check],
+    record: Callable[[Mapping[str, bool]], None] | None = None,
 ) -> Callable[[], str | None]:
     """/readyz for the health endpoint's thread: the loop's health, then each dependency, asked on the
-    loop (a blocked loop cannot answer: that is the first thing said)."""
+    loop (a blocked loop cannot answer: that is the first thing said); ``record`` gets each answer."""
 
     def check() -> str | None:
         if problem := watchdog.problem():
@@ -129,6 +158,8 @@ def readiness_check(
         except TimeoutError:
             future.cancel()
             return "the event loop did not answer"
+        if record is not None:
+            record({name: name not in down for name in checks})
         return "; ".join(f"{name}: {why}" for name, why in down.items()) or None
 
     return check
@@ -140,16 +171,29 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
     rules = RuleRunner()
+    # The maintenance activities' own engine, as the maintenance role (tickler/ops/connections.py).
+    maintenance = maintenance_engine(settings)
     try:
         runtime = None
         if settings.worker_metrics_port:
-            runtime = metrics_runtime(f"127.0.0.1:{settings.worker_metrics_port}")
+            address = f"{settings.metrics_host}:{settings.worker_metrics_port}"
+            runtime = metrics_runtime(address)
+            log.info("metrics at http://%s/metrics", address)
         client = await connect(settings, runtime)
         deliveries = Deliveries()
         activities = TaskActivities(
-            make_sessionmaker(engine), redis, settings.redis_channel, deliveries, rules=rules
+            make_sessionmaker(engine),
+            redis,
+            settings.redis_channel,
+            deliveries,
+            rules=rules,
+            metric_meter=runtime.metric_meter if runtime else None,
         )
-        worker = build_worker(client, settings, activities, options)
+        operations = Operations(maintenance, client, settings)
+        worker = build_worker(
+            client, settings, activities, options, maintenance=MaintenanceActivities(operations)
+        )
+        await ensure_schedule_at_start(client, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -171,7 +215,10 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
                 "redis": readiness.redis(redis),
                 "temporal": readiness.temporal(client),
             }
-            checks = {"/healthz": watchdog.problem, "/readyz": readiness_check(loop, watchdog, dependencies)}
+            ready = readiness_check(
+                loop, watchdog, dependencies, readiness_gauge(runtime) if runtime else None
+            )
+            checks = {"/healthz": watchdog.problem, "/readyz": ready}
             health = HealthServer(settings.worker_health_host, settings.worker_health_port, checks)
         async with watchdog, health, worker, schedule as frozen:
             log.info(
@@ -188,3 +235,4 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
         rules.close()
         await redis.aclose()
         await engine.dispose()
+        await maintenance.dispose()

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
 
-from quart import Quart
+from quart import Quart, Response, g, request
 from quart_schema import Info, QuartSchema
 
 from core.auth import TokenVerifier
 from core.db import make_engine, make_sessionmaker
+from core.metrics import MetricsServer, WebMetrics
 from core.pubsub import make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from core.watchdog import LoopWatchdog
-from web import health
+from web import access, health
+from web.codec.routes import blueprint as codec
 from web.errors import register_error_handlers
 from web.limits import RateLimiter
 from web.notifications.routes import blueprint as notifications
@@ -29,6 +33,9 @@ from web.stream.routes import blueprint as stream
 from web.tasks.routes import blueprint as tasks
 
 log = logging.getLogger(__name__)
+
+# The app's WebMetrics, for the whole life of the app (its registry outlives a restart of serving).
+METRICS_KEY = "tickler.metrics"
 
 
 def create_app(settings: Settings | None = None) -> Quart:
@@ -45,18 +52,26 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi_provider_class=ContractOpenAPIProvider,
     )
     register_error_handlers(app)
-    for blueprint in (health.blueprint, session, tasks, notifications, stream, page):
+    for blueprint in (health.blueprint, session, tasks, notifications, stream, page, codec):
         app.register_blueprint(blueprint)
+    metrics = app.extensions[METRICS_KEY] = WebMetrics()
+    _count_requests(app, metrics)
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
         engine = make_engine(settings, application_name="tickler-web")
         redis = make_redis(settings)
-        hub = StreamHub(redis, settings.redis_channel, settings.sse_queue_size)
+        hub = StreamHub(redis, settings.redis_channel, settings.sse_queue_size, metrics)
         rules = RuleRunner()
-        watchdog = LoopWatchdog(settings.event_loop_block_seconds)
+        watchdog = LoopWatchdog(settings.event_loop_block_seconds, metrics)
         watchdog.start()
+        # On an address of its own, from a thread of its own: a scrape is answered while the loop is blocked.
+        metrics_server = None
+        if settings.web_metrics_port:
+            metrics_server = MetricsServer(settings.metrics_host, settings.web_metrics_port, metrics.registry)
         try:
+            if metrics_server is not None:
+                metrics_server.start()
             temporal = await connect(settings)
             await hub.start()
             app.extensions[EXTENSION_KEY] = Resources(
@@ -70,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Quart:
                 rate_limiter=RateLimiter(redis, settings.rate_limit_per_minute),
                 rules=rules,
                 watchdog=watchdog,
+                metrics=metrics,
             )
             yield
         finally:
@@ -78,5 +94,27 @@ def create_app(settings: Settings | None = None) -> Quart:
             await redis.aclose()
             await engine.dispose()
             watchdog.stop()
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.close)
 
+    # Last, so that it wraps every other middleware: each request's id and access line (web/access.py).
+    access.install(app)
     return app
+
+
+def _count_requests(app: Quart, metrics: WebMetrics) -> None:
+    """Every answered request, errors included, in ``tickler_http_requests_total`` and its time in
+    ``tickler_http_request_duration_seconds``, labelled by the matched URL rule's template (never the
+    path, which holds ids)."""
+
+    @app.before_request
+    async def start_clock() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    async def count(response: Response) -> Response:
+        started: float | None = g.get("request_started")
+        rule = request.url_rule
+        seconds = None if started is None else time.perf_counter() - started
+        metrics.request_done(request.method, rule.rule if rule else None, response.status_code, seconds)
+        return response

@@ -32,7 +32,8 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
-def _credentials() -> str:
+def credentials() -> str:
+    """The caller's token: the bearer token, else the session cookie's; 401 if neither."""
     if any(name in request.args for name in QUERY_TOKEN_NAMES):
         raise Unauthorized(
             "Tokens in URLs leak into logs and are refused: send `Authorization: Bearer <token>`, or sign "
@@ -50,7 +51,7 @@ def authenticated(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         res = resources()
-        g.principal = res.verifier.verify(_credentials())
+        g.principal = res.verifier.verify(credentials())
         await res.rate_limiter.check(g.principal)
         return await func(*args, **kwargs)
 

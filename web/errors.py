@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from core.errors import TicklerError, Unavailable
+from web.access import INSTANCE_PREFIX, problem_instance
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,20 @@ class Problem(BaseModel):
     retry_after: int | SkipJsonSchema[None] = Field(
         None, ge=1, description="429, 503: seconds until a retry can succeed; also in the Retry-After header."
     )
+    instance: str | SkipJsonSchema[None] = Field(
+        None,
+        description=(
+            f"This request: `{INSTANCE_PREFIX}` and its id, the X-Request-ID of the answer. Quote it to the "
+            "operators: every line they logged about the request carries the id."
+        ),
+    )
 
 
 def problem_response(problem: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    """The answer of a problem, which names the request it answers (``instance``) when there is one."""
+    instance = problem_instance()
+    if instance is not None:
+        problem = {**problem, "instance": instance}
     return Response(json.dumps(problem), status=status, content_type=PROBLEM_JSON, headers=headers)
 
 

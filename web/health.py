@@ -46,6 +46,8 @@ async def readyz() -> Response | dict[str, object]:
         "temporal": readiness.temporal(res.temporal),
     }
     down = await readiness.check_all(checks)
+    for name in checks:
+        res.metrics.readiness.labels(name).set(name not in down)
     if not down:
         return {"status": "ready", "checks": dict.fromkeys(checks, "ok")}
     error = Unavailable("Not ready: " + "; ".join(f"{name}: {why}" for name, why in down.items()) + ".")

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from quart_schema import OpenAPIProvider
 from werkzeug.routing import BaseConverter, IntegerConverter, Rule, UUIDConverter
 
+from web.access import REQUEST_ID_HEADER, SANE_ID
 from web.errors import PROBLEM_JSON, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,9 +53,17 @@ class Documented:
 
 WWW_AUTHENTICATE = Header("The scheme to authenticate with: `Bearer`.", {"type": "string"}, required=True)
 RETRY_AFTER = Header("Seconds until a retry can succeed.", {"type": "integer", "minimum": 1}, required=True)
+# On every answer (web/access.py); documented with the problems, whose `instance` it is.
+REQUEST_ID = Header(
+    "This request's id: the client's X-Request-ID when it is sane (1 to 128 of `A-Za-z0-9+/=._:-`), else "
+    "a new one.",
+    {"type": "string", "pattern": f"^{SANE_ID.pattern}$"},
+    required=True,
+)
 
 
 def _problem(description: str, **headers: Header) -> Documented:
+    headers = {REQUEST_ID_HEADER: REQUEST_ID, **headers}
     return Documented(description, media_type=PROBLEM_JSON, model=Problem, headers=headers)
 
 

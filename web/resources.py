@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from core.auth import TokenVerifier
+from core.metrics import WebMetrics
 from core.recurrence import RuleRunner
 from core.settings import Settings
 from core.watchdog import LoopWatchdog
@@ -30,8 +31,10 @@ class Resources:
     verifier: TokenVerifier
     rate_limiter: RateLimiter
     rules: RuleRunner
-    # Logs and counts blocks of this process's event loop (no metrics exporter yet: /healthz shows them).
+    # Logs and counts blocks of this process's event loop (/healthz shows the count, metrics too).
     watchdog: LoopWatchdog
+    # This app's Prometheus metrics (core/metrics.py), served on TICKLER_WEB_METRICS_PORT.
+    metrics: WebMetrics
 
 
 def resources() -> Resources:

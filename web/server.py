@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 def hypercorn_config(settings: Settings) -> Config:
     config = Config()
     config.bind = [f"{settings.web_host}:{settings.web_port}"]
+    # The app logs each request itself (web/access.py, logger `tickler.access`): with the request id, the
+    # route and the caller, which Hypercorn's access log cannot know.
     config.accesslog = None
-    # Hypercorn would add its own handler to its error logger, so that every line printed twice.
+    # A logger, not a path: Hypercorn then adds no handler of its own, and its lines go through the one
+    # handler of core/logs.py (JSON or text, like every other line) instead of being printed twice.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10
     return config

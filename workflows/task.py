@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from core.logs import task_fields
     from core.payloads import (
         CHANGE_CONFLICTS,
         CHANGE_INVALID,
@@ -81,6 +82,14 @@ def check_change(state: TaskState, change: TaskChange, now: datetime) -> None:
             raise ChangeRejected(f"the new due time {exc}", conflict=False) from None
 
 
+def _rejection(exc: ValidationError | ChangeRejected) -> str:
+    """Why a signal was refused, for the log: never the values it carried (a title, notes)."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in errors)
+    return str(exc)
+
+
 def _cause(exc: ActivityError | ApplicationError) -> BaseException:
     """Why an activity failed. The SDK raises an activity task's failure as ActivityError around its
     cause, but a local activity's as the cause itself (temporalio 1.35): both reach here."""
@@ -120,6 +129,11 @@ class TaskWorkflow:
                 saved = self.saved_version >= self.state.version
                 # The next run takes today's behaviour (WORKFLOW_VERSION): this one is left behind.
                 next_input = TaskWorkflowInput(state=self.state, saved=saved, version=WORKFLOW_VERSION)
+                workflow.logger.info(
+                    "continuing as new after %d history events",
+                    workflow.info().get_current_history_length(),
+                    extra=self._log_fields(),
+                )
                 workflow.continue_as_new(next_input)
             if self.saved_version < self.state.version:
                 await self._save()
@@ -139,7 +153,13 @@ class TaskWorkflow:
                 self.changed = False
                 await workflow.wait_condition(lambda: self.changed)
         await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.logger.info("task closed: %s", self.state.status, extra=self._log_fields())
         return self.state
+
+    def _log_fields(self) -> dict[str, str]:
+        """The fields of a line about this task (workflow.logger adds the run's own, under
+        ``temporal_workflow``)."""
+        return task_fields(self.state.task_id, workflow.info().workflow_id, self.state.organization_id)
 
     # -- the interface -------------------------------------------------------------------------------
 
@@ -194,7 +214,13 @@ class TaskWorkflow:
             if not self._seen(change):
                 check_change(self.state, change, workflow.now())
         except (ValidationError, ChangeRejected) as exc:
-            workflow.logger.warning("rejected %s signal for task %s: %s", action, self.state.task_id, exc)
+            workflow.logger.warning(
+                "rejected %s signal for task %s: %s",
+                action,
+                self.state.task_id,
+                _rejection(exc),
+                extra=self._log_fields(),
+            )
             workflow.metric_meter().create_counter(
                 "tickler_rejected_signals", "Signals refused by a task workflow"
             ).add(1, {"signal": action})
@@ -279,7 +305,9 @@ class TaskWorkflow:
             reason = cause.message if isinstance(cause, ApplicationError) else str(cause)
             stopped = reason if unusable else f"the next occurrence could not be computed ({reason})"
             following = None
-            workflow.logger.warning("recurrence of task %s stopped: %s", state.task_id, stopped)
+            workflow.logger.warning(
+                "recurrence of task %s stopped: %s", state.task_id, stopped, extra=self._log_fields()
+            )
             workflow.metric_meter().create_counter(
                 "tickler_recurrences_stopped", "Series stopped because their rule could not be used"
             ).add(1, {"unusable": str(unusable).lower()})
@@ -360,7 +388,12 @@ class TaskWorkflow:
         except (ActivityError, ApplicationError) as exc:
             # Only non-retryable failures get here (the task's row or organization is gone): nothing
             # will ever deliver this occurrence, so it counts as done rather than retried forever.
-            workflow.logger.error("reminder %s not delivered: %s", state.dedupe_key(offset), _cause(exc))
+            workflow.logger.error(
+                "reminder %s not delivered: %s",
+                state.dedupe_key(offset),
+                _cause(exc),
+                extra=self._log_fields(),
+            )
         if self.state.schedule_revision == state.schedule_revision:
             # No save needed: the notification row is the durable record of the delivery.
             done = (*self.state.done_offsets, offset)

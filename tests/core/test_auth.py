@@ -12,8 +12,8 @@ import jwt
 import pytest
 from pydantic import SecretStr
 
-from core.auth import Principal, mint_token, verify_token
-from core.errors import Unauthorized
+from core.auth import OPERATOR_ROLE, Principal, TokenVerifier, mint_token, verify_token
+from core.errors import Forbidden, Unauthorized
 from core.settings import Settings
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
@@ -206,3 +206,38 @@ def test_rs256_with_a_jwks_picks_the_key_by_kid(tmp_path: Path, rsa_keys: tuple[
     refused(settings, jwt.encode(valid_claims(), ours, algorithm="RS256", headers={"kid": "three"}))
     refused(settings, jwt.encode(valid_claims(), ours, algorithm="RS256"))  # no kid, two keys
     refused(settings, sign(valid_claims()))
+
+
+# -- operators: the codec endpoint's callers ---------------------------------------------------------
+
+
+def test_an_operator_token_needs_the_role_not_an_organization() -> None:
+    settings = make_settings()
+    verifier = TokenVerifier(settings)
+    token = mint_token(settings, user_id="ops", organization_id=None, ttl_seconds=60, roles=[OPERATOR_ROLE])
+    assert verifier.verify_operator(token).subject == "ops"
+    # Without an organization it opens none of the API's routes.
+    with pytest.raises(Unauthorized, match="org"):
+        verifier.verify(token)
+    # The role as an OAuth-style string of names, next to others.
+    assert verifier.verify_operator(sign(valid_claims(roles="reader operator"))).subject == "7"
+
+
+@pytest.mark.parametrize("roles", [None, [], ["reader"], "operators", ["Operator"], {"operator": True}])
+def test_a_token_without_the_operator_role_is_forbidden(roles: object) -> None:
+    claims = valid_claims() if roles is None else valid_claims(roles=roles)
+    with pytest.raises(Forbidden) as caught:
+        TokenVerifier(make_settings()).verify_operator(sign(claims))
+    assert caught.value.status == 403
+    assert "`roles`" in caught.value.detail
+
+
+def test_an_operator_token_is_verified_like_any_other() -> None:
+    verifier = TokenVerifier(make_settings())
+    for token in (
+        sign(valid_claims(roles=[OPERATOR_ROLE]), OTHER_SECRET),
+        sign(valid_claims(roles=[OPERATOR_ROLE], exp=int(time.time()) - 5)),
+        "not a token",
+    ):
+        with pytest.raises(Unauthorized):
+            verifier.verify_operator(token)

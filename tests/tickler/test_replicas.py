@@ -6,6 +6,7 @@ proxy, which has taken the dead one out, and replays what it missed with Last-Ev
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -108,10 +109,14 @@ def topology(tmp_path: Path, haproxy: str) -> Iterator[Topology]:
     # `tickler run` looks for haproxy on PATH: the one found here, wherever it is.
     env["PATH"] = os.pathsep.join([str(Path(haproxy).parent), env.get("PATH", "")])
     port = _free_ports(REPLICAS + 1)
+    # Web process n serves its metrics on the first + 2(n - 1), worker n on the port above.
+    metrics = _free_ports(2 * REPLICAS)
     env.update(
         PYTHONUNBUFFERED="1",
         TICKLER_DATA_DIR=str(data_dir),
         TICKLER_WEB_PORT=str(port),
+        TICKLER_WEB_METRICS_PORT=str(metrics),
+        TICKLER_WORKER_METRICS_PORT=str(metrics + 1),
         TICKLER_TEMPORAL_UI_PORT=str(devstack.free_port()),
         TICKLER_EMBEDDED_POSTGRES_PORT=str(devstack.free_port()),
         TICKLER_EMBEDDED_REDIS_PORT=str(devstack.free_port()),
@@ -156,6 +161,14 @@ def _accepts(port: int) -> bool:
         return False
 
 
+async def _exports(client: httpx.AsyncClient, port: int, name: str) -> bool:
+    try:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=2.0)
+    except httpx.TransportError:
+        return False
+    return name in response.text
+
+
 async def _healthz(client: httpx.AsyncClient, url: str) -> dict[str, object] | None:
     try:
         response = await client.get(url, timeout=2.0)
@@ -180,6 +193,16 @@ async def test_a_killed_web_process_loses_its_stream_nothing(topology: Topology)
             await wait_until(up, within=START_TIMEOUT, interval=0.1, what="`tickler run --replicas 2`")
             started = time.monotonic() - began
             assert await _healthz(client, "/healthz") is not None
+
+            # Each replica its own metrics endpoint: the web processes', then the workers' one above.
+            first = int(topology.env["TICKLER_WEB_METRICS_PORT"])
+            for n in range(REPLICAS):
+                for metrics_port, exported in (
+                    (first + 2 * n, "tickler_streams_open"),
+                    (first + 2 * n + 1, "tickler_reminders_delivered"),
+                ):
+                    probe = functools.partial(_exports, client, metrics_port, exported)
+                    await wait_until(probe, what=f"{exported} on port {metrics_port}")
 
             async def create(title: str) -> str:
                 due = datetime.now(UTC) + DUE_IN

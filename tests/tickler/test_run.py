@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -82,7 +83,10 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     data_dir = tmp_path / "data"
-    ports = {name: free_port() for name in ("web", "postgres", "redis", "temporal", "temporal_ui")}
+    ports = {
+        name: free_port()
+        for name in ("web", "postgres", "redis", "temporal", "temporal_ui", "web_metrics", "worker_metrics")
+    }
     # Nothing of the caller's TICKLER_* variables: each would count as configured, or move a port.
     env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
     env.update(
@@ -90,6 +94,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         TICKLER_DATA_DIR=str(data_dir),
         TICKLER_WEB_PORT=str(ports["web"]),
         TICKLER_TEMPORAL_UI_PORT=str(ports["temporal_ui"]),
+        TICKLER_WEB_METRICS_PORT=str(ports["web_metrics"]),
+        TICKLER_WORKER_METRICS_PORT=str(ports["worker_metrics"]),
         TICKLER_EMBEDDED_POSTGRES_PORT=str(ports["postgres"]),
         TICKLER_EMBEDDED_REDIS_PORT=str(ports["redis"]),
         TICKLER_EMBEDDED_TEMPORAL_PORT=str(ports["temporal"]),
@@ -279,6 +285,20 @@ def test_run_survives_a_restart_and_fires_the_timer_that_fell_due_meanwhile(stac
     }
     try:
         proc, first_start = start_stack(stack)
+        # The banner names where each process serves its metrics.
+        # The whole log: the banner may have scrolled out of the tail by the time it is read.
+        log = stack.log_path.read_text(errors="replace")
+        for name in ("web_metrics", "worker_metrics"):
+            assert f"http://127.0.0.1:{stack.ports[name]}/metrics" in log
+        # Payloads are encrypted with a key made on the first start and kept, owner-only, for the next;
+        # the dev server's UI decodes them through the web app's codec endpoint.
+        key_file = stack.data_dir / "encryption.keys"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = key_file.read_text()
+        assert f"{stack.web}/codec" in log
+        assert any(
+            f"--ui-codec-endpoint {stack.web}/codec" in " ".join(p.cmdline()) for p in _of_stack(stack)
+        )
 
         due = datetime.now(UTC) + DUE_IN
         with httpx.Client(base_url=stack.web, timeout=10.0) as client:
@@ -297,6 +317,7 @@ def test_run_survives_a_restart_and_fires_the_timer_that_fell_due_meanwhile(stac
         restarted_at = datetime.now(UTC)
 
         proc, second_start = start_stack(stack)
+        assert key_file.read_text() == key
 
         # Last-Event-ID 0: replayed if the reminder fired before we connected, live otherwise.
         frames = run_async(

@@ -72,12 +72,16 @@ async def test_a_worker_gives_its_activities_in_hand_time_to_finish_at_shutdown(
 def worker_process(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     metrics_port, health_port = devstack.free_port(), devstack.free_port()
     own = settings.model_copy(update={"temporal_task_queue": f"metrics-{uuid.uuid4().hex[:8]}"})
+    keys = own.encryption_keys
+    assert keys is not None
     env = os.environ | {
         "TICKLER_DATABASE_URL": own.database_url,
         "TICKLER_REDIS_URL": own.redis_url,
         "TICKLER_REDIS_CHANNEL": own.redis_channel,
         "TICKLER_TEMPORAL_ADDRESS": own.temporal_address,
         "TICKLER_TEMPORAL_TASK_QUEUE": own.temporal_task_queue,
+        # The suite's key: the test's client encrypts what this worker must read.
+        "TICKLER_ENCRYPTION_KEYS": keys.get_secret_value(),
         "TICKLER_WORKER_METRICS_PORT": str(metrics_port),
         "TICKLER_WORKER_HEALTH_PORT": str(health_port),
         # Every collection is long enough to be logged: the log must show them.

@@ -245,10 +245,15 @@ async def test_a_task_of_another_organization_is_404_like_a_missing_one(
     missing = await client.get(f"/v1/tasks/{missing_id}", headers=stranger)
     foreign_problem = assert_problem(foreign, 404)
     missing_problem = assert_problem(missing, 404)
-    # Nothing tells "exists elsewhere" from "does not exist".
-    assert {**foreign_problem, "detail": foreign_problem["detail"].replace(task_id, "<id>")} == {
+    # Nothing tells "exists elsewhere" from "does not exist" (but the request each names in `instance`).
+    assert {
+        **foreign_problem,
+        "detail": foreign_problem["detail"].replace(task_id, "<id>"),
+        "instance": "<request>",
+    } == {
         **missing_problem,
         "detail": missing_problem["detail"].replace(missing_id, "<id>"),
+        "instance": "<request>",
     }
     assert foreign.headers.keys() == missing.headers.keys()
 

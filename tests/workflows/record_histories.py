@@ -11,18 +11,21 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import WorkflowHandle
 
+from core.maintenance import MaintenanceInput
 from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
 from tests.workflows.conftest import Harness, fake_worker, start_environment
 from tests.workflows.test_hostile_values import HOSTILE_SIGNALS
+from tests.workflows.test_maintenance_workflow import FakeMaintenance, maintenance_worker, run_maintenance
 from tests.workflows.test_task_workflow import new_task
 from workflows.task import TaskWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
-Scenario = Callable[[Harness], Awaitable[WorkflowHandle[TaskWorkflow, TaskState]]]
+Scenario = Callable[[Harness], Awaitable[WorkflowHandle[Any, Any]]]
 
 
 async def fires_then_completes(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
@@ -81,11 +84,20 @@ async def hostile_values_then_a_rule_that_stops(h: Harness) -> WorkflowHandle[Ta
     return handle
 
 
+async def maintenance_audits_then_purges(h: Harness) -> WorkflowHandle[Any, Any]:
+    """Issue 14: one run of the maintenance Schedule, its activities faked."""
+    async with maintenance_worker(h.env, FakeMaintenance()) as queue:
+        handle = await run_maintenance(h.env, queue, MaintenanceInput(retention_days=90))
+        await handle.result()
+    return handle
+
+
 SCENARIOS: list[Scenario] = [
     fires_then_completes,
     changes_and_signals_then_cancel,
     reminders_and_recurrence,
     hostile_values_then_a_rule_that_stops,
+    maintenance_audits_then_purges,
 ]
 
 

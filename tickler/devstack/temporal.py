@@ -32,10 +32,15 @@ _T = TypeVar("_T")
 
 
 def start_temporal(
-    data_dir: Path, port: int, ui_port: int | None, extra_config: Mapping[str, str] | None = None
+    data_dir: Path,
+    port: int,
+    ui_port: int | None,
+    extra_config: Mapping[str, str] | None = None,
+    ui_codec_endpoint: str | None = None,
 ) -> ManagedProcess:
     """The dev server on ``port``, its web UI on ``ui_port`` (None: none); ``extra_config`` is dynamic
-    config added to (or overriding) TEMPORAL_DYNAMIC_CONFIG."""
+    config added to (or overriding) TEMPORAL_DYNAMIC_CONFIG; ``ui_codec_endpoint`` is the codec server
+    the UI's pages call to decode payloads (web/codec/)."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "temporal.log"
@@ -62,6 +67,8 @@ def start_temporal(
     else:
         ensure_port_free(ui_port)
         argv += ["--ui-port", str(ui_port), "--ui-ip", "127.0.0.1", "--ui-disable-news-fetch"]
+        if ui_codec_endpoint is not None:
+            argv += ["--ui-codec-endpoint", ui_codec_endpoint]
     address = f"127.0.0.1:{port}"
 
     def ready(process: ManagedProcess, deadline: float) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from quart import Blueprint, Response, json
 from quart_schema import security_scheme, validate_request, validate_response
 
-from core.auth import Principal, mint_token
+from core.auth import OPERATOR_ROLE, Principal, mint_token
 from core.errors import NotFound, Unauthorized
 from web.auth import authenticated, bearer_token, principal
 from web.problems import Header, problems, responds
@@ -39,6 +39,13 @@ class DevSignIn(BaseModel):
 
     user_id: Identifier
     organization_id: Identifier
+    operator: bool = Field(
+        False,
+        description=(
+            "Also an operator: the Temporal Web UI may then decode payloads through /codec with this "
+            "session's cookie."
+        ),
+    )
 
 
 def _signed_in(who: Principal, token: str) -> Response:
@@ -82,7 +89,11 @@ async def dev_sign_in(data: DevSignIn) -> Response:
     if settings.env != "dev":
         raise NotFound("Development sign-in exists only with TICKLER_ENV=dev.")
     token = mint_token(
-        settings, user_id=data.user_id, organization_id=data.organization_id, ttl_seconds=DEV_SESSION_SECONDS
+        settings,
+        user_id=data.user_id,
+        organization_id=data.organization_id,
+        ttl_seconds=DEV_SESSION_SECONDS,
+        roles=[OPERATOR_ROLE] if data.operator else [],
     )
     return _signed_in(resources().verifier.verify(token), token)
 

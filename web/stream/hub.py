@@ -13,12 +13,14 @@ import contextlib
 import enum
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from core.metrics import WebMetrics
 from core.payloads import NotificationEvent
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,20 @@ Audience = tuple[str, str]  # (organization_id, user_id)
 
 
 class Subscription:
-    def __init__(self, audience: Audience, maxsize: int) -> None:
+    def __init__(
+        self, audience: Audience, maxsize: int, on_overflow: Callable[[], None] | None = None
+    ) -> None:
         self.audience = audience
         self.queue: asyncio.Queue[StreamItem] = asyncio.Queue(maxsize)
         self.overflowed = False
+        self.on_overflow = on_overflow
 
     def offer(self, item: StreamItem) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
+            if not self.overflowed and self.on_overflow is not None:
+                self.on_overflow()
             self.overflowed = True
             self.close()
 
@@ -59,10 +66,14 @@ class Subscription:
 
 
 class StreamHub:
-    def __init__(self, redis: Redis, channel: str, queue_size: int) -> None:
+    def __init__(
+        self, redis: Redis, channel: str, queue_size: int, metrics: WebMetrics | None = None
+    ) -> None:
         self.redis = redis
         self.channel = channel
         self.queue_size = queue_size
+        self.metrics = metrics or WebMetrics()
+        self._cut_off = self.metrics.streams_cut_off.labels("overflow").inc
         self.subscriptions: defaultdict[Audience, set[Subscription]] = defaultdict(set)
         self.subscribed = asyncio.Event()
         self.closing = False
@@ -83,6 +94,7 @@ class StreamHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.metrics.hub_subscribed.set(0)
 
     def close_all(self) -> None:
         """End every stream, e.g. at shutdown, so that clients reconnect to another process."""
@@ -94,16 +106,18 @@ class StreamHub:
     # -- streams ---------------------------------------------------------------------------------------
 
     def subscribe(self, organization_id: str, user_id: str) -> Subscription:
-        sub = Subscription((organization_id, user_id), self.queue_size)
+        sub = Subscription((organization_id, user_id), self.queue_size, self._cut_off)
         if self.closing:
             sub.close()
         self.subscriptions[sub.audience].add(sub)
+        self.metrics.streams_open.inc()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self.subscriptions.get(sub.audience)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            self.metrics.streams_open.dec()
             if not subs:
                 del self.subscriptions[sub.audience]
 
@@ -127,12 +141,17 @@ class StreamHub:
 
     async def _supervise(self) -> None:
         backoff = 0.1
+        first = True
         while True:
             try:
                 # Subscribe confirmations are read here, not dropped: see _subscribe.
                 async with self.redis.pubsub() as pubsub:
                     await self._subscribe(pubsub)
                     self.subscribed.set()
+                    self.metrics.hub_subscribed.set(1)
+                    if not first:
+                        self.metrics.hub_resubscriptions.inc()
+                    first = False
                     # Nothing published before this moment reached a stream: not at the first subscription
                     # (streams may have opened while Redis was not there yet), nor after a loss. Every
                     # stream replays from PostgreSQL; from now on, what is published arrives live.
@@ -144,6 +163,7 @@ class StreamHub:
                     await self._listen(pubsub)
             except (RedisError, OSError) as exc:  # OSError includes the TimeoutError of _subscribe
                 self.subscribed.clear()
+                self.metrics.hub_subscribed.set(0)
                 log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RESUBSCRIBE_BACKOFF_MAX)

@@ -14,6 +14,7 @@ from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEven
 from quart import Blueprint, Quart, Response, request
 from quart.blueprints import BlueprintSetupState
 
+from web import access
 from web.auth import authenticated, principal
 from web.problems import problems, responds
 from web.resources import EXTENSION_KEY, Resources, resources
@@ -93,6 +94,8 @@ class BoundedWrites:
                     await send(message)
             except TimeoutError:
                 log.warning("cut off a stream that took no write in %s s (%s)", seconds, scope["client"])
+                access.stream_ended(f"took no write in {seconds} s")
+                res.metrics.streams_cut_off.labels("write_timeout").inc()
                 # HTTP/2 multiplexes other requests on the connection: there, only this response ends.
                 if scope["http_version"] in ("1.0", "1.1"):
                     _reset(send)

@@ -25,6 +25,7 @@ from core.db import tenant_transaction
 from core.errors import TooManyRequests
 from core.models import Notification, notification_message
 from core.settings import Settings
+from web import access
 from web.resources import Resources
 from web.stream.hub import Control
 from web.stream.sse import HEARTBEAT, format_event, format_retry
@@ -92,8 +93,12 @@ def _resync_event(last_id: int) -> bytes:
 
 async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIterator[bytes]:
     settings = res.settings
+    replayed, live = (res.metrics.stream_events_sent.labels(source) for source in ("replay", "live"))
     # Subscribed before the first query, so that what commits meanwhile wakes the stream up.
     sub = res.hub.subscribe(who.organization_id, who.user_id)
+    access.stream_opened(who.organization_id, who.user_id, last_id)
+    # Why the stream ends, for its access line: unless it ends itself, its client has gone.
+    ended = "client left"
     try:
         yield format_retry(_retry_ms(settings))
         newest = await _newest_id(res, who)
@@ -112,11 +117,13 @@ async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIt
                 async for row in _rows_after(res, who, last_id):
                     last_id = row.id
                     yield _notification_event(row)
+                    replayed.inc()  # after the yield: the generator resumes once the write was taken
                 catch_up = False
             left = (who.expires_at - datetime.now(UTC)).total_seconds()
             if left <= 0:
                 # The token behind this stream has expired: end it; the client must sign in again.
                 yield format_event("{}", event="session.expired")
+                ended = "session expired"
                 return
             try:
                 # No task per stream: the stream's own coroutine waits on its queue (memory per stream).
@@ -127,21 +134,28 @@ async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIt
                     yield HEARTBEAT
                 continue
             if item is Control.CLOSE:
+                ended = "fell behind" if sub.overflowed else "server closing"
                 return
             if item is Control.RESYNC:
                 catch_up = True
             elif item.id is None:
                 # An event with no row of its own (e.g. a read-state change): forwarded as it is.
                 yield format_event(json.dumps(item.data), event=item.event)
+                live.inc()
             elif item.previous_id == last_id:
                 # The next row of the user's log, carried whole: no query (the common case).
                 last_id = item.id
                 yield format_event(json.dumps(item.data), event=item.event, id=str(item.id))
+                live.inc()
             else:
                 catch_up = item.id > last_id
+    except Exception as exc:
+        ended = f"failed: {type(exc).__name__}"
+        raise
     finally:
         # Runs on a client disconnect too (CancelledError at the await above, re-raised after this).
         res.hub.unsubscribe(sub)
+        access.stream_ended(ended)
 
 
 def check_stream_limit(res: Resources, who: Principal) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.auth import Principal
 from core.db import tenant_transaction
 from core.errors import Conflict, NotFound, Unavailable, Unprocessable
+from core.logs import task_fields
 from core.models import Task, state_of
 from core.payloads import (
     CHANGE_CONFLICTS,
@@ -57,6 +59,8 @@ from core.temporal import ASSIGNEE_ID, DUE_AT, ORGANIZATION_ID, TASK_STATUS, tas
 from web.resources import Resources
 from web.tasks.schemas import TaskCreate, TaskQuery
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 # Idempotency keys map to task ids in a namespace of their own.
@@ -74,16 +78,22 @@ def _search_attributes(state: TaskState) -> TypedSearchAttributes:
     )
 
 
-async def _confirmed(res: Resources, call: Awaitable[T], *, unconfirmed: str) -> T:
+async def _confirmed(
+    res: Resources, call: Awaitable[T], *, unconfirmed: str, task: dict[str, str] | None = None
+) -> T:
     """Wait for the workflow's answer; 503 if Temporal or the worker does not give it in time, saying
-    ``unconfirmed``: what became of the request, which only the caller knows."""
+    ``unconfirmed``: what became of the request, which only the caller knows. ``task``: the log fields
+    of the task it is about."""
     try:
         async with asyncio.timeout(res.settings.change_timeout_seconds):
             return await call
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
         # The SDK turns the timeout's cancellation into its own error.
+        log.warning("no worker confirmed within %s s (503)", res.settings.change_timeout_seconds, extra=task)
         raise Unavailable(f"No worker confirmed it in time. {unconfirmed}") from exc
     except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: a change to a closed task (409)
+            log.warning("Temporal failed the call with %s (503)", exc.status.name, extra=task)
         raise Unavailable(f"Temporal is unavailable ({exc.status.name}); retry shortly.") from exc
 
 
@@ -182,10 +192,11 @@ async def create_task(
         created_at=now,
         updated_at=now,
     ).skipping_passed_reminders(now)
+    fields = task_fields(state.task_id, task_workflow_id(state.task_id), state.organization_id)
     start: WithStartWorkflowOperation[Any, TaskState] = WithStartWorkflowOperation(
         TASK_WORKFLOW,
         TaskWorkflowInput(state=state, version=WORKFLOW_VERSION),
-        id=task_workflow_id(state.task_id),
+        id=fields["workflow_id"],
         task_queue=res.settings.temporal_task_queue,
         # A retried or concurrent start attaches to the running workflow; a closed task's id is never
         # reused, so one task id can never have two workflows.
@@ -201,6 +212,7 @@ async def create_task(
                 SYNC_UPDATE, start_workflow_operation=start, result_type=TaskState
             ),
             unconfirmed=_create_unconfirmed(idempotency_key),
+            task=fields,
         )
     except WorkflowAlreadyStartedError:
         # Closed already (completed or cancelled) after an earlier request with this key.
@@ -210,7 +222,10 @@ async def create_task(
         _same_request(row.request_hash, request_hash)
         return state_of(row), False
     _same_request(saved.request_hash, request_hash)
-    return saved, saved.created_at == now
+    created = saved.created_at == now
+    if created:
+        log.info("task created", extra=fields)
+    return saved, created
 
 
 async def change_task(
@@ -233,9 +248,11 @@ async def change_task(
         await _check_recurrence(
             res, change.recurrence, change.timezone or row.timezone, change.due_at or row.due_at
         )
-    handle = res.temporal.get_workflow_handle(task_workflow_id(task_id))
+    workflow_id = task_workflow_id(task_id)
+    fields = task_fields(task_id, workflow_id, who.organization_id)
+    handle = res.temporal.get_workflow_handle(workflow_id)
     try:
-        return await _confirmed(
+        saved = await _confirmed(
             res,
             # The request id doubles as the Update's id. Temporal answers a retry with the first
             # attempt's outcome, while it runs and after, the workflow closed by it included (a retried
@@ -243,6 +260,7 @@ async def change_task(
             # reaches a later run, after a continue-as-new.
             handle.execute_update(CHANGE_UPDATE, change, id=change.request_id, result_type=TaskState),
             unconfirmed=_change_unconfirmed(idempotency_key),
+            task=fields,
         )
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
@@ -256,6 +274,8 @@ async def change_task(
         if isinstance(exc.__cause__, RPCError) and exc.__cause__.status == RPCStatusCode.NOT_FOUND:
             raise Conflict(f"The task is {row.status}; it cannot change any more.") from exc
         raise
+    log.info("task changed: %s", change.action, extra=fields)
+    return saved
 
 
 async def _find(res: Resources, who: Principal, task_id: uuid.UUID) -> Task | None:

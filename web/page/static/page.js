@@ -159,7 +159,11 @@ function wire() {
     $("dev-sign-in").addEventListener("submit", (event) =>
       submitSignIn(event, (form) =>
         api("POST", "/v1/session/dev", {
-          body: { user_id: form.get("user_id").trim(), organization_id: form.get("organization_id").trim() },
+          body: {
+            user_id: form.get("user_id").trim(),
+            organization_id: form.get("organization_id").trim(),
+            operator: form.get("operator") === "on",
+          },
         }),
       ),
     );

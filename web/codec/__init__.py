@@ -1,0 +1,1 @@
+"""The codec endpoint: the Temporal Web UI (and `temporal --codec-endpoint`) decrypts payloads here."""
