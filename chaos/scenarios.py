@@ -183,6 +183,22 @@ async def _tally(
     )
 
 
+async def _burst(
+    http: httpx.AsyncClient, stack: Stack, org: str, crowd: Crowd, count: int, outcome: Outcome
+) -> tuple[datetime, dict[str, str]]:
+    """Once every stream is open, ``count`` reminders due at one instant, spread over the crowd's users;
+    that instant and task id -> user."""
+    await crowd.all_open(OPEN_WITHIN)
+    due = _due_in(count)
+    owners = [c.user for c in crowd.clients]
+    expected = await _create(
+        http, stack, org, [owners[n % len(owners)] for n in range(count)], due, outcome.notes
+    )
+    if datetime.now(UTC) > due:
+        outcome.notes.append("creating the burst took past its due time: lateness includes that")
+    return due, expected
+
+
 async def worker_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
     """SIGKILL one worker 1 s into a burst of reminders due at once, streams of its users open."""
     outcome = Outcome(
@@ -195,13 +211,7 @@ async def worker_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
     org = f"chaos-{uuid.uuid4().hex[:10]}"
     crowd = Crowd(stack.proxy, _users(org, scale.burst_users, stack))
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
-        await crowd.all_open(OPEN_WITHIN)
-        due = _due_in(scale.burst)
-        owners = [c.user for c in crowd.clients]
-        burst = [owners[n % len(owners)] for n in range(scale.burst)]
-        expected = await _create(http, stack, org, burst, due, outcome.notes)
-        if datetime.now(UTC) > due:
-            outcome.notes.append("creating the burst took past its due time: lateness includes that")
+        due, expected = await _burst(http, stack, org, crowd, scale.burst, outcome)
         await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 1.0))
         victim = stack.pids("worker")[0]
         os.kill(victim, signal.SIGKILL)
@@ -306,11 +316,7 @@ async def temporal_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
     org = f"chaos-{uuid.uuid4().hex[:10]}"
     crowd = Crowd(stack.proxy, _users(org, scale.burst_users, stack))
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
-        await crowd.all_open(OPEN_WITHIN)
-        due = _due_in(scale.burst)
-        owners = [c.user for c in crowd.clients]
-        burst = [owners[n % len(owners)] for n in range(scale.burst)]
-        expected = await _create(http, stack, org, burst, due, outcome.notes)
+        due, expected = await _burst(http, stack, org, crowd, scale.burst, outcome)
         if scale.kill_into_burst:
             await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + scale.kill_into_burst))
         else:
