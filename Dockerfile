@@ -27,7 +27,7 @@ COPY . .
 # are already there (--no-deps) and the lock's setuptools builds it (--no-build-isolation).
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation .
 
-# ---- runtime ----
+# ---- runtime: the interpreter, the virtualenv and nothing else (no compiler, no sources, no cache) ----
 FROM ${PYTHON_IMAGE} AS runtime
 
 # A fixed, unprivileged uid/gid, so volume permissions and Kubernetes runAsUser can rely on it.
@@ -58,6 +58,12 @@ COPY migrations ./migrations
 USER 10001:10001
 
 EXPOSE 8000
+
+# The default role's readiness (`tickler web`): 503 while PostgreSQL, Redis or Temporal does not answer,
+# no answer while the event loop is blocked. Compose gives the worker (its /readyz on
+# TICKLER_WORKER_HEALTH_PORT) and the one-shot migrate their own. python: the slim image has no curl.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TICKLER_WEB_PORT', '8000') + '/readyz', timeout=3)"]
 
 # No ENTRYPOINT, so `docker run IMAGE tickler worker` and compose `command: [tickler, worker]` read plainly.
 CMD ["tickler", "web"]

@@ -33,7 +33,7 @@ from core.payloads import (
     NotificationEvent,
     TaskState,
 )
-from core.pubsub import publish
+from core.pubsub import Channel, publish
 from core.recurrence import RuleRunner, RuleUnusable
 from core.temporal import task_workflow_id
 
@@ -102,7 +102,7 @@ class TaskActivities:
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         redis: Redis,
-        channel: str,
+        channel: Channel,
         deliveries: Deliveries | None = None,
         *,
         rules: RuleRunner | None = None,
@@ -153,8 +153,7 @@ class TaskActivities:
             return await self._deliver(input)
 
     async def _deliver(self, input: DeliverReminderInput) -> int | None:
-        if input.not_before is not None:
-            await _wait_for(input.not_before, DELIVER_AHEAD)
+        await _wait_for(input.not_before, DELIVER_AHEAD)
         async with self.autocommit.connect() as connection:
             row = (
                 await connection.execute(

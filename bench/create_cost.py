@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import uuid
@@ -31,7 +32,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from activities.tasks import TaskActivities
 from core.db import make_engine, make_sessionmaker
 from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, WORKFLOW_VERSION, TaskState, TaskWorkflowInput
-from core.pubsub import make_redis
+from core.pubsub import Channel, make_redis
 from core.settings import Settings
 from core.temporal import connect
 from tickler import devstack
@@ -115,16 +116,17 @@ async def measure(count: int) -> None:
     ]
     try:
         settings = Settings(
-            database_url=f"postgresql+asyncpg://tickler@127.0.0.1:{ports[0]}/tickler",
+            database_url=f"postgresql+asyncpg://tickler_login@127.0.0.1:{ports[0]}/tickler",
+            migration_database_url=f"postgresql+asyncpg://tickler@127.0.0.1:{ports[0]}/tickler",
             redis_url=f"redis://127.0.0.1:{ports[1]}/0",
             temporal_address=f"127.0.0.1:{ports[2]}",
         )
-        await asyncio.to_thread(upgrade, settings.database_url)
+        await asyncio.to_thread(upgrade, settings.migration_url())
         client = await connect(settings)
         engine = make_engine(settings, application_name="create-cost")
         redis = make_redis(settings)
         temporal, this = psutil.Process(servers[2].popen.pid), psutil.Process()
-        activities = TaskActivities(make_sessionmaker(engine), redis, "create-cost")
+        activities = TaskActivities(make_sessionmaker(engine), redis, Channel("create-cost", os.urandom(32)))
         try:
             async with build_worker(client, settings, activities):
                 ways = _ways(client, settings.temporal_task_queue)

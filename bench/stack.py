@@ -93,7 +93,11 @@ class Stack:
                 # Collections long enough to show in a p99 are logged; the report counts them.
                 "TICKLER_GC_PAUSE_WARNING_MS": "10",
                 "TICKLER_DATA_DIR": str(self.data_dir),
-                "TICKLER_DATABASE_URL": self.database_url,
+                # The logins of migrations/roles.sql: the app's, and the maintenance one's.
+                "TICKLER_DATABASE_URL": devstack.login_url(self.database_url, "tickler_login"),
+                "TICKLER_MAINTENANCE_DATABASE_URL": devstack.login_url(
+                    self.database_url, "tickler_maintainer"
+                ),
                 "TICKLER_REDIS_URL": self.redis_url,
                 "TICKLER_TEMPORAL_ADDRESS": self.temporal_address,
                 "TICKLER_WEB_HOST": "127.0.0.1",

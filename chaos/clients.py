@@ -11,7 +11,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -137,23 +136,10 @@ class Crowd:
 
     async def until_received(self, expected: dict[str, str], within: float) -> bool:
         """Until every client has each of its expected tasks (task id -> user); False at the deadline."""
-        return await self._until(all, expected, within, 0.2)
-
-    async def until_any(self, expected: dict[str, str], within: float) -> bool:
-        """Until one of the expected tasks has reached its client; False at the deadline."""
-        return await self._until(any, expected, within, 0.01)
-
-    async def _until(
-        self,
-        quantifier: Callable[[Iterable[bool]], bool],
-        expected: dict[str, str],
-        within: float,
-        poll: float,
-    ) -> bool:
         by_user = {c.user: c for c in self.clients}
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if quantifier(task in by_user[user].task_ids for task, user in expected.items()):
+            if all(task in by_user[user].task_ids for task, user in expected.items()):
                 return True
-            await asyncio.sleep(poll)
+            await asyncio.sleep(0.2)
         return False

@@ -85,7 +85,12 @@ class Stack:
             TICKLER_EMBEDDED_POSTGRES_PORT=str(postgres_port),
             TICKLER_EMBEDDED_REDIS_PORT=str(devstack.free_port()),
             TICKLER_EMBEDDED_TEMPORAL_PORT=str(devstack.free_port()),
-            TICKLER_DATABASE_URL=f"postgresql+asyncpg://tickler@127.0.0.1:{postgres_port}/tickler",
+            # The logins of migrations/roles.sql: the owner migrates; the app, maintenance take their roles.
+            TICKLER_MIGRATION_DATABASE_URL=f"postgresql+asyncpg://tickler@127.0.0.1:{postgres_port}/tickler",
+            TICKLER_DATABASE_URL=f"postgresql+asyncpg://tickler_login@127.0.0.1:{postgres_port}/tickler",
+            TICKLER_MAINTENANCE_DATABASE_URL=(
+                f"postgresql+asyncpg://tickler_maintainer@127.0.0.1:{postgres_port}/tickler"
+            ),
             TICKLER_WORKER_HEALTH_PORT=str(worker_health),
             # No metrics endpoints: their default ports are fixed, and the suite reads none.
             TICKLER_WEB_METRICS_PORT="0",
@@ -132,7 +137,7 @@ class Stack:
 
     @property
     def database_dsn(self) -> str:
-        # The login role of the embedded PostgreSQL (tickler/devstack/postgres.py), as asyncpg spells it.
+        # The owner's login of the embedded PostgreSQL (migrations/roles.sql), as asyncpg spells it.
         return f"postgresql://tickler@127.0.0.1:{self.postgres_port}/tickler"
 
     def start_server(self, name: str) -> float:

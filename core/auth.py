@@ -1,8 +1,13 @@
 """Bearer tokens: the CRM mints them, Tickler verifies them. `tickler token` mints one for development.
 
 Verification uses exactly one algorithm family, chosen by the settings: RS256 with a public key (a PEM
-file, or a JWKS file whose key the token's `kid` names), else HS256 with the shared secret. A token
-signed another way is refused, so an RS256 public key can never be used as an HMAC secret.
+file, a JWKS file, or a JWKS URL, whose key the token's `kid` names), else HS256 with the shared secret.
+A token signed another way is refused, so an RS256 public key can never be used as an HMAC secret.
+
+A JWKS URL is fetched by pyjwt's ``PyJWKClient`` (synchronous, so in a thread with a timeout): the set is
+cached for TICKLER_JWT_JWKS_CACHE_SECONDS, an unknown `kid` refetches it at most once per cooldown, and
+while the endpoint is down the last set fetched still verifies the keys it holds; a token whose key is not
+in it answers 503 (we cannot tell), not 401.
 
 Operators are whoever the same issuer gives the role `operator` in the token's `roles` claim; they may
 use the codec endpoint (web/codec/), which decrypts any organization's payloads, and need no `org`.
@@ -10,6 +15,9 @@ use the codec endpoint (web/codec/), which decrypts any organization's payloads,
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +27,10 @@ from typing import Any
 
 import jwt
 
-from core.errors import Forbidden, Unauthorized
+from core.errors import Forbidden, Unauthorized, Unavailable
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The role, in a token's `roles` claim, of those who may decrypt payloads through the codec endpoint.
 OPERATOR_ROLE = "operator"
@@ -67,8 +77,23 @@ def mint_token(
 
 
 class TokenVerifier:
+    """Checks tokens. ``verify``/``verify_operator`` are for the event loop (a JWKS URL is fetched in a
+    thread); ``verify_sync``/``verify_operator_sync`` serve keys that need no network (CLI, tests)."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._jwks_client: jwt.PyJWKClient | None = None
+        # One fetch in flight at a time, and none for a cooldown after one failed: forged `kid`s during
+        # an outage must not fill the thread pool with requests waiting on a dead endpoint.
+        self._fetch_lock = asyncio.Lock()
+        self._fetch_failed_at = -math.inf
+        if settings.jwt_jwks_url is not None:
+            self._jwks_client = jwt.PyJWKClient(
+                settings.jwt_jwks_url,
+                lifespan=settings.jwt_jwks_cache_seconds,
+                cooldown_duration=settings.jwt_jwks_refresh_cooldown_seconds,
+                timeout=settings.jwt_jwks_timeout_seconds,
+            )
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKSet | None:
@@ -80,7 +105,43 @@ class TokenVerifier:
         path = self.settings.jwt_public_key_file
         return path.read_text() if path is not None else None
 
+    async def _remote_key(self, client: jwt.PyJWKClient, token: str) -> Any:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"The bearer token is invalid: {exc}.") from exc
+        if not isinstance(kid, str) or not kid:
+            raise Unauthorized("The bearer token is invalid: it has no `kid` naming one of the CRM's keys.")
+        cache = client.jwk_set_cache
+        fresh = cache.get() if cache is not None else None
+        if fresh is not None and (key := _with_kid(fresh, kid)) is not None:
+            return key  # the common case: no thread, no network
+        settings = self.settings
+        try:
+            async with self._fetch_lock:
+                if time.monotonic() - self._fetch_failed_at < settings.jwt_jwks_refresh_cooldown_seconds:
+                    raise TimeoutError("the JWKS endpoint failed moments ago")
+                try:
+                    fetch = asyncio.to_thread(client.get_signing_key, kid)
+                    return (await asyncio.wait_for(fetch, settings.jwt_jwks_timeout_seconds)).key
+                except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, TimeoutError):
+                    self._fetch_failed_at = time.monotonic()
+                    raise
+        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, TimeoutError) as exc:
+            # Stale-if-error: the CRM being down must not sign everybody out.
+            stale = cache.jwk_set_with_timestamp if cache is not None else None
+            if stale is not None and (key := _with_kid(stale.get_jwk_set(), kid)) is not None:
+                return key
+            log.warning("JWKS endpoint unavailable: %s", exc or type(exc).__name__)
+            raise Unavailable(
+                "The keys of the token's issuer cannot be fetched right now; try again shortly."
+            ) from exc
+        except jwt.PyJWKClientError as exc:
+            raise Unauthorized(f"The bearer token is invalid: no key of the CRM has kid {kid!r}.") from exc
+
     def _key(self, token: str) -> tuple[Any, list[str]]:
+        if self._jwks_client is not None:
+            raise RuntimeError("TICKLER_JWT_JWKS_URL is set: verify tokens with the async verify()")
         if self._jwks is not None:
             kid = jwt.get_unverified_header(token).get("kid")
             keys = [k for k in self._jwks.keys if kid is None or k.key_id == kid]
@@ -93,35 +154,34 @@ class TokenVerifier:
             return self._public_key, ["RS256"]
         return self.settings.jwt_secret.get_secret_value(), ["HS256"]
 
-    def verify(self, token: str) -> Principal:
-        claims = self._claims(token)
-        org = claims.get("org")
-        if not isinstance(org, str | int) or isinstance(org, bool) or str(org) == "":
-            raise Unauthorized("The bearer token has no `org` claim (the organization id).")
-        return Principal(
-            user_id=str(claims["sub"]),
-            organization_id=str(org),
-            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
-        )
+    async def verify(self, token: str) -> Principal:
+        return _principal(await self._claims_async(token))
 
-    def verify_operator(self, token: str) -> Operator:
+    async def verify_operator(self, token: str) -> Operator:
         """An operator: a valid token (401 if not) whose `roles` claim holds ``operator`` (403 if not)."""
-        claims = self._claims(token)
-        roles = claims.get("roles")
-        # A list of names, or one string of names separated by spaces, as an OAuth scope is.
-        names = roles.split() if isinstance(roles, str) else roles if isinstance(roles, list) else []
-        if OPERATOR_ROLE not in names:
-            raise Forbidden(
-                f"Only operators may use this: the token's `roles` claim must include `{OPERATOR_ROLE}`."
-            )
-        return Operator(
-            subject=str(claims["sub"]), expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)
-        )
+        return _operator(await self._claims_async(token))
+
+    def verify_sync(self, token: str) -> Principal:
+        return _principal(self._claims(token))
+
+    def verify_operator_sync(self, token: str) -> Operator:
+        return _operator(self._claims(token))
+
+    async def _claims_async(self, token: str) -> dict[str, Any]:
+        if self._jwks_client is None:
+            return self._claims(token)
+        return self._decode(token, await self._remote_key(self._jwks_client, token), ["RS256"])
 
     def _claims(self, token: str) -> dict[str, Any]:
-        settings = self.settings
         try:
             key, algorithms = self._key(token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"The bearer token is invalid: {exc}.") from exc
+        return self._decode(token, key, algorithms)
+
+    def _decode(self, token: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
+        settings = self.settings
+        try:
             claims = jwt.decode(
                 token,
                 key,
@@ -137,5 +197,32 @@ class TokenVerifier:
         return claims
 
 
+def _with_kid(keys: jwt.PyJWKSet, kid: str) -> Any:
+    return next((k.key for k in keys.keys if k.key_id == kid), None)
+
+
+def _principal(claims: dict[str, Any]) -> Principal:
+    org = claims.get("org")
+    if not isinstance(org, str | int) or isinstance(org, bool) or str(org) == "":
+        raise Unauthorized("The bearer token has no `org` claim (the organization id).")
+    return Principal(
+        user_id=str(claims["sub"]),
+        organization_id=str(org),
+        expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+    )
+
+
+def _operator(claims: dict[str, Any]) -> Operator:
+    roles = claims.get("roles")
+    # A list of names, or one string of names separated by spaces, as an OAuth scope is.
+    names = roles.split() if isinstance(roles, str) else roles if isinstance(roles, list) else []
+    if OPERATOR_ROLE not in names:
+        raise Forbidden(
+            f"Only operators may use this: the token's `roles` claim must include `{OPERATOR_ROLE}`."
+        )
+    return Operator(subject=str(claims["sub"]), expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC))
+
+
 def verify_token(settings: Settings, token: str) -> Principal:
-    return TokenVerifier(settings).verify(token)
+    """Verify with a key that needs no network (HS256 secret, PEM or JWKS file): CLI and tests."""
+    return TokenVerifier(settings).verify_sync(token)

@@ -14,9 +14,10 @@ from core.settings import Settings
 _SET_TENANT = select(func.set_config("tickler.organization_id", bindparam("organization_id"), True))
 
 
-def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
+def make_engine(settings: Settings, *, application_name: str, url: str | None = None) -> AsyncEngine:
     """The process's engine. Every wait on PostgreSQL is bounded, so that a database that hangs (a lock
-    held, a network gone) ends a request with an error the API answers 503 instead of holding it."""
+    held, a network gone) ends a request with an error the API answers 503 instead of holding it.
+    ``url``: another login than TICKLER_DATABASE_URL's (the maintenance login)."""
     server_settings = {
         "application_name": application_name,  # shows in pg_stat_activity
         # The server cancels a statement that runs or waits for a lock too long (SQLSTATE 57014), and the
@@ -24,10 +25,11 @@ def make_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
         "statement_timeout": str(settings.database_statement_timeout_ms),
     }
     if settings.database_role:
-        # Every session runs as the app's role, which row-level security applies to (not the owner).
+        # Every session runs as the app's role, which row-level security applies to. The login can RESET
+        # ROLE, back to itself, which holds nothing (migrations/roles.sql): never to the owner.
         server_settings["role"] = settings.database_role
     return create_async_engine(
-        settings.database_url,
+        url or settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_timeout=settings.database_connect_timeout_seconds,

@@ -88,6 +88,13 @@ class WebMetrics:
             "Times the stream hub subscribed again after losing its Redis subscription",
             registry=registry,
         )
+        self.messages_dropped = Counter(
+            "tickler_hub_messages_dropped",
+            "Messages on the Redis channel the stream hub dropped: no valid signature (signature) or not "
+            "an event (malformed)",
+            ["reason"],
+            registry=registry,
+        )
         self.loop_blocks = Counter(
             "tickler_event_loop_blocks",
             "Blocks of the web process's event loop past TICKLER_EVENT_LOOP_BLOCK_SECONDS",

@@ -227,16 +227,20 @@ class TaskState(BaseModel):
 
 # The task workflow's behaviour version, carried in its input so that a running workflow keeps the
 # behaviour it started with (replay) at no cost in its history, and continue-as-new moves it to this one.
-# 1: the timer fires at the reminder's instant, an activity task delivers it.
+# A change to the workflow's command sequence is a new version (or a workflow.patched): docs/decisions.md
+# §12 says how to add one. The workflow runs the versions from OLDEST_WORKFLOW_VERSION to this one.
 # 2: the timer fires DELIVER_AHEAD early, a local activity waits for the instant and delivers it.
+# (1, an activity task at the instant, was never deployed and is gone: its inputs are refused.)
 WORKFLOW_VERSION = 2
+OLDEST_WORKFLOW_VERSION = 2
 
 
 class TaskWorkflowInput(BaseModel):
     state: TaskState
     # True when continued as new: the row already holds this state.
     saved: bool = False
-    # Every starter passes WORKFLOW_VERSION; 1 is what inputs recorded before the field meant.
+    # Every starter passes WORKFLOW_VERSION. Absent, it is 1, as inputs written before the field meant:
+    # refused, like every version below OLDEST_WORKFLOW_VERSION (WORKFLOW_VERSION_UNSUPPORTED).
     version: int = 1
 
 
@@ -247,8 +251,9 @@ class DeliverReminderInput(BaseModel):
     due_at: datetime
     offset_seconds: int = 0
     # The instant the reminder is for: the activity waits for it on the clock before it writes, so that
-    # the workflow can arm its timer DELIVER_AHEAD early (None: histories from before, no wait).
-    not_before: datetime | None = None
+    # the workflow can arm its timer DELIVER_AHEAD early. Required: only a local activity takes this
+    # input, and a local activity's input is not in the history, so no recorded event lacks it.
+    not_before: datetime
 
 
 # How far ahead of a reminder's instant its timer fires. The wake-up, its workflow task and the start of
@@ -393,3 +398,6 @@ CHANGE_CONFLICTS = "Conflict"  # the change does not fit the task's state (it is
 CHANGE_INVALID = "Invalid"  # the change itself cannot apply (a reschedule without a time)
 # The type of the non-retryable failure of NEXT_OCCURRENCE whose rule cannot be used: the series stops.
 RECURRENCE_UNUSABLE = "RecurrenceUnusable"
+# The type of the non-retryable failure with which a task workflow refuses, at its start, an input whose
+# version it no longer runs (below OLDEST_WORKFLOW_VERSION).
+WORKFLOW_VERSION_UNSUPPORTED = "WorkflowVersionUnsupported"

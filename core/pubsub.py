@@ -1,14 +1,36 @@
 """The Redis channel between the delivery activity and the web processes' stream hubs.
 
 Pub/sub is at-most-once: PostgreSQL stays the source of truth, and a message here only wakes streams up.
+Whoever can publish on Redis is not thereby trusted: every message carries an HMAC-SHA256 of its body
+under TICKLER_CHANNEL_KEY, which the publishers (the worker; the web processes, for reads) and the stream
+hubs hold and Redis never sees; a hub drops a message whose signature does not match (docs/decisions.md
+§26).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from redis.asyncio import Redis
 
 from core.payloads import NotificationEvent
-from core.settings import Settings
+from core.settings import DEV_ENV, Settings
+
+# What `tickler run` (TICKLER_ENV=dev) keeps in TICKLER_DATA_DIR when TICKLER_CHANNEL_KEY is unset.
+DEV_CHANNEL_KEY_FILE = "channel.key"
+# A message is `v1.<hex HMAC of the body>.<body>`; the version names the scheme should it change.
+_VERSION = b"v1"
+_MAC_HEX_LENGTH = 64
+
+
+class ChannelConfigError(Exception):
+    """No channel key is configured, and this is not a development stack."""
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -24,5 +46,67 @@ def make_redis(settings: Settings) -> Redis:
     )
 
 
-async def publish(redis: Redis, channel: str, event: NotificationEvent) -> None:
-    await redis.publish(channel, event.model_dump_json())
+@dataclass(frozen=True)
+class Channel:
+    """The notification channel: its name, and the key that signs and checks its messages."""
+
+    name: str
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Channel:
+        return cls(settings.redis_channel, channel_key(settings))
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self.key, body, hashlib.sha256).hexdigest().encode()
+
+    def encode(self, event: NotificationEvent) -> bytes:
+        return self.sign(event.model_dump_json().encode())
+
+    def sign(self, body: bytes) -> bytes:
+        """The message that carries ``body`` on this channel."""
+        return b".".join((_VERSION, self._mac(body), body))
+
+    def verified_body(self, raw: bytes | str) -> bytes | None:
+        """The body of a message signed with this channel's key; None for anything else."""
+        data = raw.encode() if isinstance(raw, str) else raw
+        version, _, rest = data.partition(b".")
+        mac, body = rest[:_MAC_HEX_LENGTH], rest[_MAC_HEX_LENGTH + 1 :]
+        if version != _VERSION or rest[_MAC_HEX_LENGTH : _MAC_HEX_LENGTH + 1] != b".":
+            return None
+        return body if hmac.compare_digest(mac, self._mac(body)) else None
+
+
+async def publish(redis: Redis, channel: Channel, event: NotificationEvent) -> None:
+    await redis.publish(channel.name, channel.encode(event))
+
+
+def channel_key(settings: Settings) -> bytes:
+    """TICKLER_CHANNEL_KEY; unset, a development stack's generated key (one file in TICKLER_DATA_DIR that
+    `tickler run`'s worker and web processes share), else :class:`ChannelConfigError`."""
+    if settings.channel_key is not None:
+        return settings.channel_key.get_secret_value().encode()
+    if settings.env == DEV_ENV:
+        return _dev_key(settings.data_dir / DEV_CHANNEL_KEY_FILE)
+    raise ChannelConfigError(
+        "TICKLER_CHANNEL_KEY is not set: the worker signs what it publishes on Redis with it, and the web "
+        "processes drop what it does not sign. Give the worker and every web process the same random "
+        "value of 32 bytes or more (`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
+    )
+
+
+def _dev_key(path: Path) -> bytes:
+    """The key in ``path``, made (0600) if need be; the first of several racing processes wins."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+            # link() fails if the file exists by now: the first writer wins, the others read its key.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip().encode()

@@ -6,21 +6,87 @@ sets each address. Read it once per process with :func:`get_settings`.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 # Used when TICKLER_JWT_SECRET is not set; `tickler web` refuses it unless TICKLER_ENV is "dev".
+DEV_ENV = "dev"
 DEV_JWT_SECRET = "tickler-dev-secret-do-not-use-in-production"
+
+
+# Suffix of the variable that names a file holding a setting's value: TICKLER_JWT_SECRET_FILE.
+FILE_SUFFIX = "_FILE"
+
+
+class FileValuesSource(PydanticBaseSettingsSource):
+    """``TICKLER_<FIELD>_FILE=/run/secrets/x``: the field's value is that file's content, as the official
+    images of PostgreSQL and Redis read ``*_FILE``; for compose and Kubernetes secrets, which are files.
+
+    Any field may be given so; setting both ``TICKLER_<FIELD>`` and ``TICKLER_<FIELD>_FILE`` is an error,
+    so that nobody wonders which one won. One trailing line break is dropped (``echo`` writes one).
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.config.get("env_prefix", "")).upper()
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for field in self.settings_cls.model_fields:
+            direct = f"{prefix}{field.upper()}"
+            path = environ.get(direct + FILE_SUFFIX)
+            if path is None:
+                continue
+            if direct in environ:
+                raise ValueError(f"set {direct} or {direct}{FILE_SUFFIX}, not both")
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ValueError(f"{direct}{FILE_SUFFIX}={path!r} cannot be read: {exc}") from exc
+            values[field] = text.removesuffix("\n").removesuffix("\r")
+        return values
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TICKLER_", env_file=".env", extra="ignore")
 
-    env: str = Field("dev", description='"dev" allows the development JWT secret; anything else refuses it.')
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # A *_FILE variable ranks with the environment (both set is refused), above .env.
+        return (
+            init_settings,
+            env_settings,
+            FileValuesSource(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    env: str = Field(
+        "production",
+        description=(
+            '"dev" opens development conveniences: the development JWT secret, the sign-in-as-anyone route '
+            "POST /v1/session/dev, a generated payload key, text logs; any other value (the default) "
+            "refuses them. `tickler run` sets dev for its stack unless TICKLER_ENV is set."
+        ),
+    )
     log_level: str = Field("INFO", description="Python log level of every process.")
     log_format: Literal["text", "json"] | None = Field(
         None,
@@ -32,8 +98,28 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".data"), description="Where the embedded stack keeps its files.")
 
     database_url: str = Field(
-        "postgresql+asyncpg://tickler@127.0.0.1:55432/tickler",
-        description="SQLAlchemy URL of PostgreSQL (asyncpg driver). Unset: `tickler run` starts one.",
+        "postgresql+asyncpg://tickler_login@127.0.0.1:55432/tickler",
+        description=(
+            "SQLAlchemy URL (asyncpg driver) of the app's login: neither the tables' owner nor superuser "
+            "nor BYPASSRLS, it may only take TICKLER_DATABASE_ROLE (migrations/roles.sql). Unset: `tickler "
+            "run` starts PostgreSQL."
+        ),
+    )
+    migration_database_url: str | None = Field(
+        None,
+        description=(
+            "URL of the login that owns the schema, for `tickler migrate` and `tickler run`'s migration "
+            "only (never the web or the worker). Unset: with TICKLER_DATABASE_URL unset the embedded "
+            "server's owner, else TICKLER_DATABASE_URL (one login for both)."
+        ),
+    )
+    maintenance_database_url: str | None = Field(
+        None,
+        description=(
+            "URL of the maintenance login, which may only take TICKLER_MAINTENANCE_DATABASE_ROLE: the "
+            "worker's maintenance Schedule and `tickler audit`, `repair`, `purge`, `stats`. Unset: with "
+            "TICKLER_DATABASE_URL unset the embedded server's, else the migration login's."
+        ),
     )
     embedded_postgres_port: int = Field(
         55432,
@@ -41,7 +127,10 @@ class Settings(BaseSettings):
     )
     database_role: str = Field(
         "tickler_app",
-        description="Role of the app's sessions; row-level security applies to it (empty: the login role).",
+        description=(
+            "Role the app's sessions take at connect; row-level security applies to it (empty: the login's "
+            "own). The login must not be able to take the owner's role instead."
+        ),
     )
     database_pool_size: int = Field(10, ge=1, description="Connections per process in the pool.")
     database_connect_timeout_seconds: float = Field(
@@ -62,6 +151,16 @@ class Settings(BaseSettings):
         56379, description="Port of the Redis server `tickler run` starts when TICKLER_REDIS_URL is unset."
     )
     redis_channel: str = Field("tickler:notifications", description="Pub/sub channel of notifications.")
+    channel_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description=(
+            "Secret (32 bytes or more) with which the worker signs each message on TICKLER_REDIS_CHANNEL; "
+            "the web processes drop a message it does not sign. The same value for every worker and web "
+            "process. Unset: with TICKLER_ENV=dev one is generated into TICKLER_DATA_DIR/channel.key, "
+            "any other env refuses to start."
+        ),
+    )
     redis_timeout_seconds: float = Field(
         5.0,
         gt=0,
@@ -305,6 +404,33 @@ class Settings(BaseSettings):
         None,
         description="JWKS file of the CRM's RS256 keys, picked by `kid`; when set, tokens must be RS256.",
     )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description=(
+            "JWKS URL (http or https) of the CRM's RS256 keys, picked by `kid`; when set, tokens must be "
+            "RS256. A `kid` not in the cached set refetches it, at most once per "
+            "TICKLER_JWT_JWKS_REFRESH_COOLDOWN_SECONDS."
+        ),
+    )
+    jwt_jwks_cache_seconds: float = Field(
+        300.0, gt=0, description="How long a fetched JWKS is used before it is fetched again."
+    )
+    jwt_jwks_refresh_cooldown_seconds: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Least time between two fetches of the JWKS caused by tokens with an unknown `kid`, so that "
+            "forged tokens cannot hammer the CRM."
+        ),
+    )
+    jwt_jwks_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Longest wait for the JWKS endpoint; a token whose key is not cached then answers 503, while "
+            "tokens of cached keys keep working."
+        ),
+    )
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
     jwt_audience: str | None = Field(None, description="Required `aud` claim, when set.")
     session_cookie_name: str = Field("tickler_session", description="Cookie of the browser session.")
@@ -349,12 +475,34 @@ class Settings(BaseSettings):
                 "TICKLER_TEMPORAL_TLS_CERT_FILE and TICKLER_TEMPORAL_TLS_KEY_FILE go together: set both "
                 "for mTLS, or neither"
             )
+        rs256 = [self.jwt_public_key_file, self.jwt_jwks_file, self.jwt_jwks_url]
+        if sum(source is not None for source in rs256) > 1:
+            raise ValueError(
+                "set one of TICKLER_JWT_PUBLIC_KEY_FILE, TICKLER_JWT_JWKS_FILE and TICKLER_JWT_JWKS_URL: "
+                "one source of RS256 keys"
+            )
         if self.encryption_keys is not None and self.encryption_key_file is not None:
             raise ValueError(
                 "set TICKLER_ENCRYPTION_KEYS or TICKLER_ENCRYPTION_KEY_FILE, not both: one list of keys, "
                 "in one order"
             )
         return self
+
+    def migration_url(self) -> str:
+        """TICKLER_MIGRATION_DATABASE_URL, resolved as its description says."""
+        if self.migration_database_url:
+            return self.migration_database_url
+        if "database_url" not in self.model_fields_set:
+            return f"postgresql+asyncpg://tickler@127.0.0.1:{self.embedded_postgres_port}/tickler"
+        return self.database_url
+
+    def maintenance_url(self) -> str:
+        """TICKLER_MAINTENANCE_DATABASE_URL, resolved as its description says."""
+        if self.maintenance_database_url:
+            return self.maintenance_database_url
+        if "database_url" not in self.model_fields_set:
+            return f"postgresql+asyncpg://tickler_maintainer@127.0.0.1:{self.embedded_postgres_port}/tickler"
+        return self.migration_url()
 
     def codec_origins(self) -> list[str]:
         """The origins allowed to call the codec endpoint (TICKLER_CODEC_CORS_ORIGINS)."""

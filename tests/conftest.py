@@ -7,6 +7,7 @@ TICKLER_TEST_DATABASE_URL, TICKLER_TEST_REDIS_URL or TICKLER_TEST_TEMPORAL_ADDRE
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from temporalio.worker import Worker
 from activities.tasks import TaskActivities
 from core.codec import EncryptionKey
 from core.db import make_engine, make_sessionmaker
-from core.pubsub import make_redis
+from core.pubsub import Channel, make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings
 from core.temporal import connect
@@ -38,7 +39,7 @@ TEST_ENCRYPTION_KEY = EncryptionKey.generate("test")
 
 @dataclass
 class Servers:
-    database_url: str
+    database_url: str  # the migration owner's; the logins of migrations/roles.sql beside it
     redis_url: str
     temporal_address: str
 
@@ -78,13 +79,18 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
 @pytest.fixture(scope="session")
 def settings(servers: Servers) -> Settings:
     settings = Settings(
-        database_url=servers.database_url,
+        # The logins of migrations/roles.sql: the app's, the owner's (migrations), the maintenance one's.
+        database_url=devstack.login_url(servers.database_url, "tickler_login"),
+        migration_database_url=servers.database_url,
+        maintenance_database_url=devstack.login_url(servers.database_url, "tickler_maintainer"),
         redis_url=servers.redis_url,
         temporal_address=servers.temporal_address,
         # A queue and a channel of this run's own, should the servers be shared.
         temporal_task_queue=f"tickler-test-{uuid.uuid4().hex[:8]}",
         redis_channel=f"tickler-test-{uuid.uuid4().hex[:8]}",
         jwt_secret=SecretStr("test-secret-of-at-least-thirty-two-bytes"),
+        # The suite is a development stack: its tests sign in on the development route.
+        env="dev",
         sse_heartbeat_seconds=1.0,
         # No metrics endpoint on the fixed default ports: a test that wants one gives a free port.
         web_metrics_port=0,
@@ -93,9 +99,11 @@ def settings(servers: Servers) -> Settings:
         worker_sandboxed=True,
         # Every client and worker of the suite encrypts payloads, as production does (core/codec.py).
         encryption_keys=SecretStr(TEST_ENCRYPTION_KEY.entry()),
+        # Fresh each session, as the payload key is.
+        channel_key=SecretStr(secrets.token_urlsafe(32)),
     )
     # The suite builds its schema with the migrations, so they are tested too.
-    upgrade(settings.database_url)
+    upgrade(settings.migration_url())
     return settings
 
 
@@ -139,7 +147,7 @@ async def worker(
     redis: Redis,
     rules: RuleRunner,
 ) -> AsyncIterator[Worker]:
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel, rules=rules)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings), rules=rules)
     async with build_worker(temporal, settings, activities) as worker:
         yield worker
 

@@ -26,6 +26,7 @@ from core.auth import mint_token
 from core.db import make_sessionmaker, tenant_transaction
 from core.models import Notification, Task
 from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, WORKFLOW_VERSION, TaskState, TaskWorkflowInput
+from core.pubsub import Channel
 from core.recurrence import RuleRunner
 from core.settings import Settings
 from tickler import devstack
@@ -231,7 +232,7 @@ async def run_worker(
 ) -> AsyncIterator[Worker]:
     """A worker of its own (its own task queue in ``settings``), with its own engine and Redis client."""
     rules = RuleRunner(workers=1)
-    activities = TaskActivities(make_sessionmaker(engine), redis, settings.redis_channel, rules=rules)
+    activities = TaskActivities(make_sessionmaker(engine), redis, Channel.of(settings), rules=rules)
     try:
         async with build_worker(temporal, settings, activities) as worker:
             yield worker
@@ -256,8 +257,15 @@ def command_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a `tickler` command on the suite's servers: the caller's TICKLER_* variables
     dropped, the addresses, queue and payload keys of ``settings``, and ``extra`` (TICKLER_ names)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
-    names = ["database_url", "redis_url", "redis_channel", "temporal_address", "temporal_namespace"]
-    names += ["temporal_task_queue", "jwt_secret", "encryption_keys"]
+    names = [
+        "database_url",
+        "migration_database_url",
+        "maintenance_database_url",
+        "redis_url",
+        "redis_channel",
+    ]
+    names += ["temporal_address", "temporal_namespace"]
+    names += ["temporal_task_queue", "jwt_secret", "encryption_keys", "channel_key", "env"]
     for name in names:
         value = getattr(settings, name, None)
         if value is not None:

@@ -12,6 +12,8 @@ import argparse
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +31,10 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+HAPROXY_CONF = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+POSTGRES_INIT = ROOT / "deploy" / "postgres" / "10-logins.sh"
+MAKE_SECRETS = ROOT / "deploy" / "make-secrets.sh"
 
 PREFIX = "TICKLER_"
 SETTINGS_FIELDS = frozenset(Settings.model_fields)
@@ -39,9 +45,26 @@ CLI_SUBCOMMANDS = frozenset({"web", "worker", "migrate"})
 # Service of the app image -> the subcommand it runs.
 APP_SERVICES = {"migrate": "migrate", "worker": "worker", "web": "web"}
 EXPECTED_SERVICES = frozenset(
-    {"postgres", "redis", "temporal", "temporal-setup", "temporal-ui", *APP_SERVICES}
+    {
+        "postgres",
+        "redis",
+        "temporal-schema",
+        "temporal",
+        "temporal-setup",
+        "temporal-ui",
+        "proxy",
+        *APP_SERVICES,
+    }
 )
-NEEDS_HEALTHCHECK = ("postgres", "redis", "temporal", "worker", "web")
+NEEDS_HEALTHCHECK = ("postgres", "redis", "temporal", "temporal-ui", "worker", "web", "proxy")
+# Published ports: service -> the `host_ip:host:container` entries it may have. Only the proxy is public;
+# the UI is on the host's loopback. Everything else publishes nothing.
+PUBLISHED = {
+    "proxy": {"443:443", "80:80", "127.0.0.1:8233:8233"},
+}
+# `${NAME:-default}` is allowed for these only: none is a secret.
+DEFAULTED_VARIABLES = frozenset({"TICKLER_LOG_LEVEL", "IMAGE_TAG"})
+SECRETISH = re.compile(r"PASSWORD|PWD|SECRET|TOKEN|API_KEY|ENCRYPTION_KEYS|_URL$", re.IGNORECASE)
 DEPENDS_ON_CONDITIONS = frozenset({"service_started", "service_healthy", "service_completed_successfully"})
 
 # `${NAME}`, `${NAME:-default}`, `${NAME:?error}`; `$${...}` is an escaped literal, not a reference.
@@ -66,8 +89,12 @@ def services_of(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def setting_of(env_name: str) -> str:
-    """The Settings field an environment variable sets: TICKLER_WEB_PORT -> web_port."""
-    return env_name.removeprefix(PREFIX).lower()
+    """The Settings field an environment variable sets: TICKLER_WEB_PORT -> web_port, and the
+    TICKLER_<FIELD>_FILE form (core.settings.FileValuesSource) -> <field>."""
+    field = env_name.removeprefix(PREFIX).lower()
+    if field not in SETTINGS_FIELDS and field.endswith("_file") and field[: -len("_file")] in SETTINGS_FIELDS:
+        return field[: -len("_file")]
+    return field
 
 
 def environment_of(service: dict[str, Any]) -> dict[str, str | None]:
@@ -107,6 +134,11 @@ def builds_app_image(service: dict[str, Any]) -> bool:
     if isinstance(build, str):  # `build: .` uses ./Dockerfile
         return True
     return Path(str(build.get("dockerfile", "Dockerfile"))).name == DOCKERFILE.name
+
+
+def secrets_of(service: dict[str, Any]) -> list[str]:
+    """Names of the secrets a service mounts (short `- name` or long `- source: name` form)."""
+    return [str(s["source"]) if isinstance(s, dict) else str(s) for s in service.get("secrets") or []]
 
 
 def has_healthcheck(service: dict[str, Any]) -> bool:
@@ -269,27 +301,32 @@ def test_app_environment_is_production_and_points_at_the_stack(
     envs = {name: environment_of(services[name]) for name in APP_SERVICES}
     first = envs["web"]
     for name, env in envs.items():
-        assert env == first, (
-            f"service {name!r} has a different environment from 'web'; "
+        # migrate alone has the owner's URL, the worker alone the maintenance login's; the rest is shared.
+        differs = {k for k in env.keys() | first.keys() if env.get(k) != first.get(k)}
+        allowed = {
+            "migrate": {"TICKLER_MIGRATION_DATABASE_URL_FILE"},
+            "worker": {"TICKLER_MAINTENANCE_DATABASE_URL_FILE"},
+        }.get(name, set())
+        assert differs <= allowed, (
+            f"service {name!r} has a different environment from 'web' in {sorted(differs - allowed)}; "
             "give every app service `environment: *tickler-env`"
         )
     assert first.get("TICKLER_ENV") not in (None, "dev"), (
         "set TICKLER_ENV to something other than `dev` (e.g. production) in x-tickler-env, "
         "or `tickler web` accepts the development JWT secret"
     )
-    secret = first.get("TICKLER_JWT_SECRET") or ""
-    assert re.fullmatch(r"\$\{TICKLER_JWT_SECRET:\?[^}]*\}", secret), (
-        "set `TICKLER_JWT_SECRET: ${TICKLER_JWT_SECRET:?set TICKLER_JWT_SECRET}` in x-tickler-env, so "
-        "compose refuses to start without a secret instead of falling back to a default"
-    )
-    for var in ("TICKLER_DATABASE_URL", "TICKLER_REDIS_URL", "TICKLER_TEMPORAL_ADDRESS"):
-        value = first.get(var)
-        assert value, f"set {var} in x-tickler-env; its default is a loopback address of the dev stack"
-        host = host_of(value)
-        assert host in services, (
-            f"{var}={value!r} points at host {host!r}; use the compose service name instead "
-            "(postgres, redis or temporal)"
+    for var in ("TICKLER_JWT_SECRET", "TICKLER_DATABASE_URL", "TICKLER_REDIS_URL", "TICKLER_ENCRYPTION_KEYS"):
+        assert var not in first, (
+            f"x-tickler-env: give {var} as a compose secret, {var}_FILE: /run/secrets/<name>"
         )
+    for var in ("TICKLER_JWT_SECRET_FILE", "TICKLER_DATABASE_URL_FILE", "TICKLER_REDIS_URL_FILE"):
+        assert str(first.get(var, "")).startswith("/run/secrets/"), (
+            f"set {var}: /run/secrets/<name> in x-tickler-env, the file of a compose secret"
+        )
+    address = first.get("TICKLER_TEMPORAL_ADDRESS") or ""
+    assert host_of(address) in services, (
+        f"TICKLER_TEMPORAL_ADDRESS={address!r}: use the compose service name (temporal)"
+    )
     assert first.get("TICKLER_WEB_HOST") == "0.0.0.0", (
         "set TICKLER_WEB_HOST: 0.0.0.0 in x-tickler-env; the default 127.0.0.1 is unreachable from outside "
         "the container"
@@ -311,8 +348,8 @@ def test_web_healthcheck_and_port_match_the_web_port(services: dict[str, dict[st
     # Readiness: a compose healthcheck restarts nothing, and /readyz fails for a blocked loop too.
     assert "/readyz" in check, f"web healthcheck {check!r}: {fix}"
     assert f":{port}/" in check, f"web healthcheck {check!r} probes another port: {fix}"
-    published = [str(p).rpartition(":")[2] for p in web.get("ports", [])]
-    assert port in published, f"service 'web': publish the container port {port}, e.g. `- \"{port}:{port}\"`"
+    conf = HAPROXY_CONF.read_text()
+    assert f" web:{port} " in conf, f"{HAPROXY_CONF.name}: proxy to web:{port}, the web's port"
 
 
 def test_worker_healthcheck_probes_the_worker_health_port(services: dict[str, dict[str, Any]]) -> None:
@@ -377,6 +414,287 @@ def test_temporal_setup_registers_the_search_attributes(services: dict[str, dict
         )
 
 
+def test_yaml_uses_only_keys_of_the_compose_spec(compose: dict[str, Any]) -> None:
+    """`docker compose config` would reject unknown keys; no compose plugin here, so check the main ones."""
+    top = {"services", "secrets", "volumes", "networks", "configs", "name", "include"}
+    unknown = sorted(k for k in compose if k not in top and not str(k).startswith("x-"))
+    assert not unknown, f"{COMPOSE_FILE.name}: {unknown} are not top-level keys of the compose spec"
+    keys = {
+        "image",
+        "build",
+        "command",
+        "entrypoint",
+        "environment",
+        "env_file",
+        "ports",
+        "expose",
+        "volumes",
+        "depends_on",
+        "restart",
+        "healthcheck",
+        "deploy",
+        "logging",
+        "secrets",
+        "configs",
+        "networks",
+        "user",
+        "working_dir",
+        "init",
+        "stop_grace_period",
+        "stop_signal",
+        "sysctls",
+        "read_only",
+        "tmpfs",
+        "cap_drop",
+        "cap_add",
+        "security_opt",
+        "mem_limit",
+        "cpus",
+        "ulimits",
+        "labels",
+        "profiles",
+    }
+    for name, service in services_of(compose).items():
+        extra = sorted(set(service) - keys)
+        assert not extra, f"service {name!r}: {extra} are not service keys of the compose spec"
+        assert "container_name" not in service, f"service {name!r}: no container_name (scaling, projects)"
+
+
+def test_ports_are_published_as_intended(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        ports = {str(p) for p in service.get("ports") or []}
+        allowed = PUBLISHED.get(name, set())
+        assert ports <= allowed, (
+            f"service {name!r} publishes {sorted(ports - allowed)}; only the proxy is public, the "
+            "Temporal UI goes through the proxy's loopback listener, and databases, Temporal and metrics "
+            "are not published"
+        )
+        for port in ports:
+            host_ip = port.split(":")[0] if port.count(":") == 2 else "0.0.0.0"
+            container = port.rsplit(":", 1)[1]
+            # The UI listener is the only loopback one; the TLS listeners are the only public ones.
+            assert (host_ip == "127.0.0.1") == (container == "8233"), f"service {name!r}: {port!r}"
+    assert PUBLISHED["proxy"] <= {str(p) for p in services["proxy"].get("ports") or []}
+
+
+def test_web_scales_behind_the_tls_proxy(services: dict[str, dict[str, Any]]) -> None:
+    web = services["web"]
+    assert not web.get("ports"), "service 'web': no published port, or a second replica cannot bind it"
+    replicas = int((web.get("deploy") or {}).get("replicas", 1))
+    assert replicas >= 2, "service 'web': run several replicas (`deploy.replicas`), as production does"
+    conf = HAPROXY_CONF.read_text()
+    for needed in (
+        "bind :443 ssl crt /run/secrets/tls_pem alpn h2,http/1.1",  # TLS, HTTP/2 for the streams
+        "server-template web- ",  # slots filled from the DNS answers: scaled replicas are found
+        "resolvers docker",
+        "option http-no-delay",  # events are not held (docs/decisions.md §20)
+        "http-check send meth GET uri /healthz",
+        "on-marked-down shutdown-sessions",
+        "balance leastconn",
+        "http-request disable-l7-retry if !METH_GET",
+    ):
+        assert needed in conf, f"{HAPROXY_CONF.relative_to(ROOT)}: add `{needed}`"
+    timeout = re.search(r"timeout server (\d+)s", conf)
+    heartbeat = Settings.model_fields["sse_heartbeat_seconds"].default
+    assert timeout, "set `timeout server`, in seconds"
+    assert int(timeout.group(1)) > heartbeat, "the idle timeouts must outlast the SSE heartbeat"
+    mounted = " ".join(map(str, services["proxy"].get("volumes") or []))
+    assert "deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg" in mounted
+    assert "tls_pem" in secrets_of(services["proxy"])
+
+
+def test_the_proxy_configuration_is_valid(tmp_path: Path) -> None:
+    """`haproxy -c` (Debian's 2.6, as in the image) on the file, with a throwaway certificate."""
+    haproxy = Path("/usr/sbin/haproxy")
+    if not haproxy.exists():
+        pytest.skip("no haproxy here (apt-get install haproxy)")
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "tls_pem"
+    pem.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CONF.read_text().replace("/run/secrets/tls_pem", str(pem)))
+    checked = subprocess.run([str(haproxy), "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_no_secret_has_a_default_or_a_value_in_the_file(compose: dict[str, Any]) -> None:
+    text = COMPOSE_FILE.read_text()
+    for match in re.finditer(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?", text):
+        name, operator = match.group(1), match.group(2) or ""
+        if "-" in operator:
+            assert name in DEFAULTED_VARIABLES, (
+                f"{COMPOSE_FILE.name}: ${{{name}:-...}} gives a default; secrets come from `secrets:` files, "
+                f"and other variables must be set (`:?`) unless listed in DEFAULTED_VARIABLES"
+            )
+    for name, service in services_of(compose).items():
+        for var, value in environment_of(service).items():
+            if var.endswith("_FILE") or not SECRETISH.search(var):
+                continue
+            assert value is None or value.startswith("$"), (
+                f"service {name!r}: {var} has a value in {COMPOSE_FILE.name}; give it as a compose secret "
+                f"({var}_FILE: /run/secrets/<name>)"
+            )
+
+
+def test_every_secret_referenced_is_declared_and_made(compose: dict[str, Any]) -> None:
+    declared = compose.get("secrets") or {}
+    made = MAKE_SECRETS.read_text()
+    for name, spec in declared.items():
+        assert str(spec.get("file", "")).startswith("./secrets/"), f"secret {name!r}: file under ./secrets/"
+        assert re.search(rf"\b{name}\b", made), f"{MAKE_SECRETS.relative_to(ROOT)} does not create {name!r}"
+    used: set[str] = set()
+    for name, service in services_of(compose).items():
+        mine = secrets_of(service)
+        missing = sorted(set(mine) - set(declared))
+        assert not missing, f"service {name!r} uses secrets {missing} that `secrets:` does not declare"
+        used.update(mine)
+        # A /run/secrets/<x> a service reads must be a secret of that service.
+        text = json.dumps(service)
+        for read in re.findall(r"/run/secrets/([A-Za-z0-9_.-]+)", text):
+            assert read in mine, f"service {name!r} reads /run/secrets/{read} but does not mount it"
+    assert used == set(declared), f"declared but unused secrets: {sorted(set(declared) - used)}"
+    for read in re.findall(r"secret (\w+)", POSTGRES_INIT.read_text()):
+        assert read in secrets_of(services_of(compose)["postgres"]), f"postgres must mount {read}"
+
+
+def test_database_logins_are_separate_and_unprivileged(services: dict[str, dict[str, Any]]) -> None:
+    """Tickler's logins come from migrations/roles.sql (tested on a real server by its own tests), with
+    passwords from secrets; Temporal's login owns its databases only; each URL reaches only its service."""
+    script = POSTGRES_INIT.read_text()
+    mounted = " ".join(map(str, services["postgres"].get("volumes") or []))
+    assert "deploy/postgres/10-logins.sh:/docker-entrypoint-initdb.d/" in mounted
+    assert "./migrations/roles.sql:/tickler/roles.sql" in mounted
+    assert "-f /tickler/roles.sql" in script
+    for variable in ("owner_password", "app_password", "maintainer_password"):
+        assert f"-v {variable}=" in script, f"{POSTGRES_INIT.name}: give roles.sql :{variable}"
+        assert f":'{variable}'" in (ROOT / "migrations" / "roles.sql").read_text()
+    create = re.search(r"CREATE ROLE temporal LOGIN ([^;]+);", script)
+    assert create, f"{POSTGRES_INIT.name}: create Temporal's login"
+    for attribute in ("NOSUPERUSER", "NOBYPASSRLS", "NOCREATEROLE", "PASSWORD :'"):
+        assert attribute in create.group(1), f"{POSTGRES_INIT.name}: temporal needs {attribute}"
+    assert "CREATE DATABASE tickler OWNER tickler;" in script
+    assert "CREATE DATABASE temporal OWNER temporal;" in script
+    assert environment_of(services["temporal"]).get("POSTGRES_USER") == "temporal"
+    # Each database URL is mounted only where it is used.
+    holders = {
+        "tickler_owner_database_url": {"migrate"},
+        "tickler_maintenance_database_url": {"worker"},
+    }
+    for secret, allowed in holders.items():
+        have = {name for name, service in services.items() if secret in secrets_of(service)}
+        assert have == allowed, f"only {sorted(allowed)} may mount {secret}, not {sorted(have - allowed)}"
+    made = MAKE_SECRETS.read_text()
+    for login in ("tickler", "tickler_login", "tickler_maintainer"):
+        assert f"postgresql+asyncpg://{login}:" in made, f"{MAKE_SECRETS.name}: a URL for {login}"
+
+
+def test_temporal_runs_the_server_image_with_a_one_shot_schema_setup(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    text = COMPOSE_FILE.read_text()
+    assert "auto-setup" not in text.replace("not auto-setup", ""), "use temporalio/server, not auto-setup"
+    assert str(services["temporal"]["image"]).startswith("temporalio/server:")
+    schema = services["temporal-schema"]
+    assert str(schema["image"]).startswith("temporalio/admin-tools:")
+    script = " ".join(command_of(schema))
+    for db in ("temporal", "temporal_visibility"):
+        for step in ("setup-schema", "update-schema"):
+            assert f"--db {db} {step}" in script, f"temporal-schema: run temporal-sql-tool {step} on {db}"
+    assert depends_on_of(services["temporal"]).get("temporal-schema") == "service_completed_successfully"
+    shards = environment_of(services["temporal"]).get("NUM_HISTORY_SHARDS")
+    assert shards, "choose NUM_HISTORY_SHARDS: it is fixed for the cluster's life"
+    assert int(shards) >= 1
+    assert f"NUM_HISTORY_SHARDS` is {shards}" in DEPLOYMENT_DOC.read_text(), (
+        f'docs/deployment.md: say why the history shard count is {shards} ("NUM_HISTORY_SHARDS` is {shards}")'
+    )
+
+
+def test_temporal_images_match_the_versions_the_tests_run(services: dict[str, dict[str, Any]]) -> None:
+    cli = Path(sys.executable).parent / "temporal"
+    if not cli.exists():
+        pytest.skip("no temporal CLI in this environment")
+    version = subprocess.run([str(cli), "--version"], capture_output=True, text=True, check=True).stdout
+    server = re.search(r"Server (\d+\.\d+\.\d+)", version)
+    ui = re.search(r"UI (\d+\.\d+\.\d+)", version)
+    assert server, version
+    assert ui, version
+    for name in ("temporal", "temporal-schema", "temporal-setup"):
+        tag = str(services[name]["image"]).partition(":")[2]
+        assert tag.split("-")[0] == server.group(1), (
+            f"service {name!r}: image tag {tag!r} is not the server the tests run ({server.group(1)}); "
+            "change both together, or document the gap in docs/deployment.md"
+        )
+    assert str(services["temporal-ui"]["image"]).endswith(f":{ui.group(1)}")
+
+
+def test_temporal_ui_is_read_only(services: dict[str, dict[str, Any]]) -> None:
+    env = environment_of(services["temporal-ui"])
+    assert str(env.get("TEMPORAL_DISABLE_WRITE_ACTIONS", "")).lower() == "true", (
+        'temporal-ui: set TEMPORAL_DISABLE_WRITE_ACTIONS: "true"; the UI has no login of its own'
+    )
+    assert not services["temporal-ui"].get("ports"), (
+        "temporal-ui: reach it through the proxy's loopback listener"
+    )
+
+
+def test_every_service_has_limits_log_rotation_and_a_health_check(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+        for limit in ("cpus", "memory"):
+            assert limits.get(limit), f"service {name!r}: set deploy.resources.limits.{limit}"
+        logging = service.get("logging") or {}
+        options = logging.get("options") or {}
+        rotated = (logging.get("driver"), bool(options.get("max-size")), bool(options.get("max-file")))
+        assert rotated == ("json-file", True, True), (
+            f"service {name!r}: rotate its logs (logging: json-file with max-size and max-file)"
+        )
+        one_shot = str(service.get("restart", "no")) == "no"
+        assert one_shot or has_healthcheck(service), f"service {name!r}: add a healthcheck"
+
+
+def test_one_image_for_the_app_services(services: dict[str, dict[str, Any]]) -> None:
+    images = {str(services[name].get("image")) for name in APP_SERVICES}
+    assert len(images) == 1, (
+        f"give migrate, worker and web one `image:` name (they have {sorted(images)}), built once"
+    )
+    assert "None" not in images
+
+
+def test_redis_requires_the_password_of_the_app_url(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    script = " ".join(command_of(redis))
+    assert "requirepass" in script
+    assert "/run/secrets/redis_password" in script
+    assert "/run/secrets/redis_password" in healthcheck_text(redis)
+    assert 'redis://:$(cat "$dir/redis_password")@redis' in MAKE_SECRETS.read_text()
+
+
 # ---- Dockerfile and .dockerignore ----
 
 
@@ -419,10 +737,26 @@ def test_dockerfile_is_production_shaped() -> None:
             )
 
 
+def test_dockerfile_installs_the_lock_with_hashes_and_has_a_healthcheck() -> None:
+    everything = dockerfile_instructions(final_stage_only=False)
+    runs = [args for keyword, args in everything if keyword == "RUN"]
+    assert any("--require-hashes" in r and "requirements/runtime.lock" in r for r in runs)
+    # The lock is copied and installed before the sources, so a source change reuses that layer.
+    order = [args for keyword, args in everything if keyword in ("COPY", "RUN")]
+    lock = next(i for i, a in enumerate(order) if "--require-hashes" in a)
+    sources = next(i for i, a in enumerate(order) if a.startswith(". "))
+    assert lock < sources, "install requirements/runtime.lock before `COPY . .`"
+    final = dockerfile_instructions()
+    checks = [args for keyword, args in final if keyword == "HEALTHCHECK"]
+    assert checks, f"{DOCKERFILE.name}: add a HEALTHCHECK"
+    assert "/readyz" in checks[-1], f"{DOCKERFILE.name}: the HEALTHCHECK probes /readyz"
+    assert sum(keyword == "FROM" for keyword, _ in everything) >= 2, "build in one stage, run in another"
+
+
 def test_dockerignore_keeps_local_state_out() -> None:
     assert DOCKERIGNORE.is_file(), f"create {DOCKERIGNORE.name} next to {DOCKERFILE.name}"
     entries = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
-    for needed in (".venv", ".data", ".git", ".env", "tests/artifacts"):
+    for needed in (".venv", ".data", ".git", ".env", "tests/artifacts", "secrets"):
         assert needed in entries, f"{DOCKERIGNORE.name}: add a line `{needed}`"
 
 
@@ -473,20 +807,20 @@ def test_payloads_are_encrypted_and_the_ui_decodes_them_through_the_web(
 ) -> None:
     env = environment_of(services["web"])
     assert str(env.get("TICKLER_PAYLOAD_ENCRYPTION", "true")).lower() not in ("false", "0", "no")
-    keys = env.get("TICKLER_ENCRYPTION_KEYS") or ""
-    assert re.fullmatch(r"\$\{TICKLER_ENCRYPTION_KEYS:\?[^}]*\}", keys), (
-        "set `TICKLER_ENCRYPTION_KEYS: ${TICKLER_ENCRYPTION_KEYS:?...}` in x-tickler-env: the workers refuse "
-        "to start without keys (TICKLER_ENV is not dev), and a default key would be no secret"
+    keys = env.get("TICKLER_ENCRYPTION_KEY_FILE") or ""
+    assert keys.startswith("/run/secrets/")
+    assert keys.removeprefix("/run/secrets/") in secrets_of(services["web"]), (
+        "set `TICKLER_ENCRYPTION_KEY_FILE: /run/secrets/<name>` in x-tickler-env, a secret the web has: the "
+        "workers refuse to start without keys (TICKLER_ENV is not dev), and a default key would be no secret"
     )
     ui = environment_of(services["temporal-ui"])
     endpoint = urlsplit(str(ui.get("TEMPORAL_CODEC_ENDPOINT", "")))
     assert endpoint.path == "/codec", "point the UI's TEMPORAL_CODEC_ENDPOINT at the web's /codec"
-    published = {str(p).split(":")[-2] for p in services["web"].get("ports", [])}
-    assert str(endpoint.port) in published, (
-        "the browser calls the codec endpoint: use the web's published port"
-    )
-    ui_port = {str(p).split(":")[-2] for p in services["temporal-ui"].get("ports", [])}
+    assert endpoint.scheme == "https", "the codec endpoint is the proxy's: https"
+    # The proxy serves the UI and its /codec on one loopback origin (deploy/haproxy/haproxy.cfg).
+    assert f"127.0.0.1:{endpoint.port}:{endpoint.port}" in services["proxy"].get("ports", [])
+    assert "use_backend web if { path /codec }" in HAPROXY_CONF.read_text()
     origins = {o.strip() for o in str(env.get("TICKLER_CODEC_CORS_ORIGINS", "")).split(",")}
-    assert {f"http://localhost:{port}" for port in ui_port} <= origins, (
-        "allow the UI's origin in TICKLER_CODEC_CORS_ORIGINS, or browsers refuse the codec's answers"
+    assert f"https://localhost:{endpoint.port}" in origins, (
+        "allow the UI's origin in TICKLER_CODEC_CORS_ORIGINS, or the web refuses the codec's callers"
     )

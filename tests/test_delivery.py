@@ -26,7 +26,7 @@ from core.db import make_engine, make_sessionmaker, tenant_transaction
 from core.gcwatch import Deliveries
 from core.models import Notification
 from core.payloads import DELIVER_AHEAD, DeliverReminderInput, NotificationEvent
-from core.pubsub import make_redis, publish
+from core.pubsub import Channel, make_redis, publish
 from core.settings import Settings
 from tests.helpers import (
     STREAM,
@@ -128,9 +128,13 @@ async def test_a_duplicated_delivery_makes_one_row_and_one_event(
     task = task_row(org=org, user="7")
     async with tenant_transaction(sessionmaker, org) as session:
         session.add(task)
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings))
     delivery = DeliverReminderInput(
-        task_id=task.id, organization_id=org, dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+        task_id=task.id,
+        organization_id=org,
+        dedupe_key=f"{task.id}/1/0",
+        due_at=task.due_at,
+        not_before=task.due_at,
     )
     async with open_stream(client, bearer(settings, "7", org)) as stream:
         await stream.read_past_heartbeat()
@@ -161,9 +165,11 @@ async def test_each_published_row_names_the_users_row_before_it(
     tasks = [task_row(org=org, user="7"), task_row(org=org, user="7")]
     async with tenant_transaction(sessionmaker, org) as session:
         session.add_all(tasks)
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings))
     deliveries = [
-        DeliverReminderInput(task_id=t.id, organization_id=org, dedupe_key=f"{t.id}/1/0", due_at=t.due_at)
+        DeliverReminderInput(
+            task_id=t.id, organization_id=org, dedupe_key=f"{t.id}/1/0", due_at=t.due_at, not_before=t.due_at
+        )
         for t in tasks
     ]
     async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
@@ -178,7 +184,9 @@ async def test_each_published_row_names_the_users_row_before_it(
             while len(published) < 3:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is not None:
-                    event = NotificationEvent.model_validate_json(message["data"])
+                    body = Channel.of(settings).verified_body(message["data"])
+                    assert body is not None, "the worker signs what it publishes"
+                    event = NotificationEvent.model_validate_json(body)
                     if event.organization_id == org:
                         published.append(event)
     assert [(e.id, e.previous_id) for e in published] == [(first, 0), (second, first), (first, None)]
@@ -193,7 +201,7 @@ async def test_a_delivery_waits_for_its_instant_but_no_longer_than_the_margin(
     tasks = [task_row(org=org, user="7"), task_row(org=org, user="7")]
     async with tenant_transaction(sessionmaker, org) as session:
         session.add_all(tasks)
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings))
     environment = ActivityEnvironment()
     instants = [datetime.now(UTC) + DELIVER_AHEAD / 2, datetime.now(UTC) + timedelta(hours=1)]
     for task, instant in zip(tasks, instants, strict=True):
@@ -220,7 +228,7 @@ async def test_a_delivery_is_in_hand_from_its_wait_to_its_publish(
     async with tenant_transaction(sessionmaker, task.organization_id) as session:
         session.add(task)
     deliveries = Deliveries()
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel, deliveries)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings), deliveries)
     delivery = DeliverReminderInput(
         task_id=task.id,
         organization_id=task.organization_id,
@@ -232,7 +240,7 @@ async def test_a_delivery_is_in_hand_from_its_wait_to_its_publish(
     await wait_until(lambda: not deliveries.none.is_set(), what="the delivery in hand while it waits")
     assert await running is not None
     assert deliveries.none.is_set()
-    wrong = delivery.model_copy(update={"organization_id": new_org(), "not_before": None})
+    wrong = delivery.model_copy(update={"organization_id": new_org(), "not_before": task.due_at})
     with pytest.raises(ApplicationError):
         await ActivityEnvironment().run(activities.deliver_reminder, wrong)
     assert deliveries.none.is_set()  # a failed delivery is not in hand either
@@ -246,10 +254,14 @@ async def test_a_closed_task_gets_no_notification(
     done, cancelled = task_row(org=org, status="done"), task_row(org=org, status="cancelled")
     async with tenant_transaction(sessionmaker, org) as session:
         session.add_all([done, cancelled])
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings))
     for task in (done, cancelled):
         delivery = DeliverReminderInput(
-            task_id=task.id, organization_id=org, dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+            task_id=task.id,
+            organization_id=org,
+            dedupe_key=f"{task.id}/1/0",
+            due_at=task.due_at,
+            not_before=task.due_at,
         )
         assert await ActivityEnvironment().run(activities.deliver_reminder, delivery) is None
     async with tenant_transaction(sessionmaker, org) as session:
@@ -262,9 +274,13 @@ async def test_a_delivery_for_a_task_of_another_organization_is_refused_for_good
     task = task_row(org=new_org(), user="7")
     async with tenant_transaction(sessionmaker, task.organization_id) as session:
         session.add(task)
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings))
     wrong = DeliverReminderInput(
-        task_id=task.id, organization_id=new_org(), dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+        task_id=task.id,
+        organization_id=new_org(),
+        dedupe_key=f"{task.id}/1/0",
+        due_at=task.due_at,
+        not_before=task.due_at,
     )
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(activities.deliver_reminder, wrong)
@@ -401,13 +417,13 @@ async def test_a_client_too_slow_is_cut_off_and_others_go_on(
                 message = NotificationEvent(
                     organization_id=org, user_id="slow", event="notification", id=2**62 + n, data={}
                 )
-                pipe.publish(own.redis_channel, message.model_dump_json())
+                pipe.publish(own.redis_channel, Channel.of(own).encode(message))
             await pipe.execute()
         await _read_to_the_end(slow)
         # The fast user's stream is still live and receives its own event.
         await publish(
             redis,
-            own.redis_channel,
+            Channel.of(own),
             NotificationEvent(organization_id=org, user_id="fast", event="ping", data={"ok": True}),
         )
         await fast.read_until(lambda line: line == "event: ping")
@@ -447,10 +463,10 @@ async def test_a_client_that_stops_reading_is_cut_off_and_others_see_no_delay(
                 event = NotificationEvent(
                     organization_id=org, user_id="stalled", event="ping", data={"n": n, "pad": "x" * 16_000}
                 )
-                pipe.publish(own.redis_channel, event.model_dump_json())
+                pipe.publish(own.redis_channel, Channel.of(own).encode(event))
             await pipe.execute()
         ping = NotificationEvent(organization_id=org, user_id="reader", event="ping", data={"ok": True})
-        await publish(redis, own.redis_channel, ping)
+        await publish(redis, Channel.of(own), ping)
         await reader.read_until(lambda line: line == "event: ping")
         # The other stream did not wait for the stalled one to be cut off.
         assert hub.streams_of(org, "stalled") == 1
@@ -461,7 +477,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_others_see_no_delay(
         # Reset, not closed after the bytes it would not take: what it reads next fails.
         with pytest.raises(ConnectionResetError):
             await _read_to_the_end_of(stalled)
-        await publish(redis, own.redis_channel, ping)
+        await publish(redis, Channel.of(own), ping)
         await reader.read_until(lambda line: line == "event: ping")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import sys
 from collections.abc import Coroutine
 from datetime import datetime
@@ -13,26 +15,30 @@ from typing import Any
 
 from core.auth import OPERATOR_ROLE, mint_token
 from core.logs import configure_logging
-from core.settings import DEV_JWT_SECRET, Settings, get_settings
+from core.settings import DEV_ENV, DEV_JWT_SECRET, Settings, get_settings
+
+log = logging.getLogger("tickler")
 
 
 def _refuse_dev_secret(settings: Settings) -> None:
-    if settings.env != "dev" and settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+    if settings.env != DEV_ENV and settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
         sys.exit(
             "TICKLER_JWT_SECRET is not set: the development secret is only allowed with TICKLER_ENV=dev."
         )
 
 
 def _refuse_unusable_temporal_settings(settings: Settings) -> None:
-    """Missing or malformed encryption keys, or an unreadable TLS file: one line at start, not a traceback
-    from the first call to Temporal."""
+    """Missing or malformed encryption keys, an unreadable TLS file, no channel key: one line at start,
+    not a traceback from the first call to Temporal or the first publication."""
     from core.codec import EncryptionConfigError, configured_keys
+    from core.pubsub import ChannelConfigError, channel_key
     from core.temporal import TemporalConfigError, tls_config
 
     try:
         configured_keys(settings)
         tls_config(settings)
-    except (EncryptionConfigError, TemporalConfigError) as exc:
+        channel_key(settings)
+    except (EncryptionConfigError, TemporalConfigError, ChannelConfigError) as exc:
         sys.exit(str(exc))
 
 
@@ -74,7 +80,7 @@ def _cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from tickler.migrate import upgrade
 
-    upgrade(settings.database_url, args.revision)
+    upgrade(settings.migration_url(), args.revision)
     return 0
 
 
@@ -231,5 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = get_settings()
+    if args.func is _cmd_run and "env" not in settings.model_fields_set:
+        # `tickler run` is the development stack: it and every child it starts run as dev, unless
+        # TICKLER_ENV says otherwise. Every other command defaults to production.
+        os.environ["TICKLER_ENV"] = DEV_ENV
+        get_settings.cache_clear()
+        settings = get_settings()
     configure_logging(settings)
+    if settings.env == DEV_ENV and args.func in (_cmd_run, _cmd_web, _cmd_worker):
+        _warn_development(args.command)
     sys.exit(args.func(settings, args))
+
+
+def _warn_development(command: str) -> None:
+    log.warning(
+        "TICKLER_ENV=dev: `tickler %s` runs in DEVELOPMENT mode, never expose it: POST /v1/session/dev "
+        "signs anyone in as any user of any organization (operators too), the public development JWT "
+        "secret is accepted when TICKLER_JWT_SECRET is unset, and a payload key is generated into "
+        "TICKLER_DATA_DIR. Unset TICKLER_ENV (production) for a deployment.",
+        command,
+    )

@@ -150,6 +150,11 @@ def _start_servers(
         proc = start()
         processes.append(proc)
         env[env_name] = proc.address
+        if setting == "database_url":
+            # The owner migrates; the web and the worker log in as the app, maintenance as its own login.
+            env["TICKLER_MIGRATION_DATABASE_URL"] = proc.address
+            env["TICKLER_DATABASE_URL"] = devstack.login_url(proc.address, "tickler_login")
+            env["TICKLER_MAINTENANCE_DATABASE_URL"] = devstack.login_url(proc.address, "tickler_maintainer")
 
 
 def _codec_endpoint(settings: Settings) -> str:
@@ -170,7 +175,7 @@ def _keep_encryption_key(settings: Settings, env: dict[str, str]) -> None:
 
 def _migrate(settings: Settings, env: dict[str, str]) -> None:
     log.info("applying migrations")
-    upgrade(env.get("TICKLER_DATABASE_URL", settings.database_url))
+    upgrade(env.get("TICKLER_MIGRATION_DATABASE_URL", settings.migration_url()))
 
 
 def _start_worker_and_web(env: dict[str, str], processes: list[devstack.ManagedProcess]) -> None:
@@ -370,6 +375,7 @@ def _announce(
         f"{endpoints}"
         f"{topology}"
         "  Token      .venv/bin/tickler token --user 7 --org 42\n"
+        "  Operators  TICKLER_ENV=dev .venv/bin/tickler audit   (repair, purge, stats: same prefix)\n"
         "Ctrl-C (or SIGTERM) stops everything.\n",
         flush=True,
     )

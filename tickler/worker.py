@@ -24,7 +24,7 @@ from activities.tasks import TaskActivities
 from core import readiness
 from core.db import make_engine, make_sessionmaker
 from core.gcwatch import Deliveries, collection_schedule
-from core.pubsub import make_redis
+from core.pubsub import Channel, make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings
 from core.temporal import (
@@ -184,7 +184,7 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
         activities = TaskActivities(
             make_sessionmaker(engine),
             redis,
-            settings.redis_channel,
+            Channel.of(settings),
             deliveries,
             rules=rules,
             metric_meter=runtime.metric_meter if runtime else None,

@@ -13,7 +13,7 @@ from quart_schema import Info, QuartSchema
 from core.auth import TokenVerifier
 from core.db import make_engine, make_sessionmaker
 from core.metrics import MetricsServer, WebMetrics
-from core.pubsub import make_redis
+from core.pubsub import Channel, make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings, get_settings
 from core.temporal import connect
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     async def lifespan() -> AsyncGenerator[None, None]:
         engine = make_engine(settings, application_name="tickler-web")
         redis = make_redis(settings)
-        hub = StreamHub(redis, settings.redis_channel, settings.sse_queue_size, metrics)
+        hub = StreamHub(redis, Channel.of(settings), settings.sse_queue_size, metrics)
         rules = RuleRunner()
         watchdog = LoopWatchdog(settings.event_loop_block_seconds, metrics)
         watchdog.start()

@@ -27,12 +27,14 @@ with workflow.unsafe.imports_passed_through():
         DELIVER_AHEAD,
         DELIVER_REMINDER,
         NEXT_OCCURRENCE,
+        OLDEST_WORKFLOW_VERSION,
         RECURRENCE_UNUSABLE,
         SAVE_TASK,
         STATE_QUERY,
         SYNC_UPDATE,
         TASK_WORKFLOW,
         WORKFLOW_VERSION,
+        WORKFLOW_VERSION_UNSUPPORTED,
         DeliverReminderInput,
         NextOccurrenceInput,
         TaskChange,
@@ -98,6 +100,22 @@ def _cause(exc: ActivityError | ApplicationError) -> BaseException:
     return exc
 
 
+def _check_version(version: int) -> None:
+    """Refuse an input whose version this code does not run (core.payloads.WORKFLOW_VERSION): below the
+    oldest kept, the workflow fails for good, since no worker will ever run it; above the newest (a
+    newer build's, during a rollback), the workflow task fails and is retried until a worker of that
+    build takes it, since failing for good would lose the task."""
+    if version < OLDEST_WORKFLOW_VERSION:
+        raise ApplicationError(
+            f"workflow version {version} is no longer supported (oldest: {OLDEST_WORKFLOW_VERSION}): "
+            f"start it with version {WORKFLOW_VERSION}",
+            type=WORKFLOW_VERSION_UNSUPPORTED,
+            non_retryable=True,
+        )
+    if version > WORKFLOW_VERSION:
+        raise RuntimeError(f"workflow version {version} is newer than this worker's {WORKFLOW_VERSION}")
+
+
 def _new_due(state: TaskState, change: TaskChange, now: datetime) -> datetime | None:
     if change.action == "snooze":
         if change.until is not None:
@@ -117,11 +135,10 @@ class TaskWorkflow:
         self.saved_version = input.state.version if input.saved else 0
         # Set by every change; the main loop's waits wake up on it.
         self.changed = False
-        # What this run does is fixed by the version it started with (core.payloads.WORKFLOW_VERSION).
-        self.version = input.version
 
     @workflow.run
     async def run(self, input: TaskWorkflowInput) -> TaskState:
+        _check_version(input.version)
         while True:
             if self._history_is_long() and workflow.all_handlers_finished():
                 # Checked first, so that a storm of signals cannot postpone it; an update in flight
@@ -141,10 +158,7 @@ class TaskWorkflow:
                 break
             elif reminders := self.state.pending_reminders():
                 fire_at, offset = reminders[0]
-                if self.version < 2:
-                    if await self._sleep_until(fire_at):
-                        await self._deliver(offset, None)
-                elif await self._sleep_until(fire_at - DELIVER_AHEAD):
+                if await self._sleep_until(fire_at - DELIVER_AHEAD):
                     await self._deliver(offset, fire_at)
             elif self.state.recurrence is not None:
                 if await self._sleep_until(self.state.due_at):
@@ -356,11 +370,10 @@ class TaskWorkflow:
             workflow.upsert_search_attributes(updates)
             self.indexed = (status, due_at)
 
-    async def _deliver(self, offset: int, fire_at: datetime | None) -> None:
-        """Deliver one reminder. Version 2 passes ``fire_at``: a local activity in the wake-up's own
-        workflow task waits on the clock until then (the timer fired up to DELIVER_AHEAD before it),
-        writes the row and publishes; a change that arrives meanwhile applies after it (decisions §12).
-        Version 1 passes None: an activity task, once the timer fired at the instant."""
+    async def _deliver(self, offset: int, fire_at: datetime) -> None:
+        """Deliver one reminder: a local activity in the wake-up's own workflow task waits on the clock
+        until ``fire_at`` (the timer fired up to DELIVER_AHEAD before it), writes the row and publishes;
+        a change that arrives meanwhile applies after it (decisions §12)."""
         state = self.state
         delivery = DeliverReminderInput(
             task_id=state.task_id,
@@ -371,20 +384,12 @@ class TaskWorkflow:
             not_before=fire_at,
         )
         try:
-            if fire_at is not None:
-                await workflow.execute_local_activity(
-                    DELIVER_REMINDER,
-                    delivery,
-                    start_to_close_timeout=DELIVER_TIMEOUT,
-                    retry_policy=DELIVER_RETRY,
-                )
-            else:
-                await workflow.execute_activity(
-                    DELIVER_REMINDER,
-                    delivery,
-                    start_to_close_timeout=DELIVER_TIMEOUT,
-                    retry_policy=DELIVER_RETRY,
-                )
+            await workflow.execute_local_activity(
+                DELIVER_REMINDER,
+                delivery,
+                start_to_close_timeout=DELIVER_TIMEOUT,
+                retry_policy=DELIVER_RETRY,
+            )
         except (ActivityError, ApplicationError) as exc:
             # Only non-retryable failures get here (the task's row or organization is gone): nothing
             # will ever deliver this occurrence, so it counts as done rather than retried forever.

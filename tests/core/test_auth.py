@@ -215,19 +215,19 @@ def test_an_operator_token_needs_the_role_not_an_organization() -> None:
     settings = make_settings()
     verifier = TokenVerifier(settings)
     token = mint_token(settings, user_id="ops", organization_id=None, ttl_seconds=60, roles=[OPERATOR_ROLE])
-    assert verifier.verify_operator(token).subject == "ops"
+    assert verifier.verify_operator_sync(token).subject == "ops"
     # Without an organization it opens none of the API's routes.
     with pytest.raises(Unauthorized, match="org"):
-        verifier.verify(token)
+        verifier.verify_sync(token)
     # The role as an OAuth-style string of names, next to others.
-    assert verifier.verify_operator(sign(valid_claims(roles="reader operator"))).subject == "7"
+    assert verifier.verify_operator_sync(sign(valid_claims(roles="reader operator"))).subject == "7"
 
 
 @pytest.mark.parametrize("roles", [None, [], ["reader"], "operators", ["Operator"], {"operator": True}])
 def test_a_token_without_the_operator_role_is_forbidden(roles: object) -> None:
     claims = valid_claims() if roles is None else valid_claims(roles=roles)
     with pytest.raises(Forbidden) as caught:
-        TokenVerifier(make_settings()).verify_operator(sign(claims))
+        TokenVerifier(make_settings()).verify_operator_sync(sign(claims))
     assert caught.value.status == 403
     assert "`roles`" in caught.value.detail
 
@@ -240,4 +240,4 @@ def test_an_operator_token_is_verified_like_any_other() -> None:
         "not a token",
     ):
         with pytest.raises(Unauthorized):
-            verifier.verify_operator(token)
+            verifier.verify_operator_sync(token)

@@ -22,9 +22,9 @@ from tickler.migrate import downgrade, upgrade
 
 @pytest.fixture
 def scratch_url(settings: Settings) -> Iterator[str]:
-    url = make_url(settings.database_url)
+    url = make_url(settings.migration_url())
     name = f"tickler_migrations_{uuid.uuid4().hex[:8]}"
-    # Creating a database takes the superuser (trust auth on the test servers); the app's role owns it.
+    # Creating a database takes the superuser (trust auth on the test servers); the migration owner owns it.
     admin = url.set(drivername="postgresql", username="postgres", password=None).render_as_string(
         hide_password=False
     )

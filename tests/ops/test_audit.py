@@ -335,8 +335,12 @@ async def test_a_workflow_whose_row_is_gone_saves_it_again(
     org = new_org()
     state = task_state(org=org, due_in=timedelta(hours=1))
     await start_task(ops.temporal, state, ops.settings.temporal_task_queue)
-    # Deleting a task takes the tables' owner: the login role, not the app's.
-    owner = make_engine(settings.model_copy(update={"database_role": ""}), application_name="owner")
+    # Deleting a task takes the tables' owner: the migration login, not the app's.
+    owner = make_engine(
+        settings.model_copy(update={"database_role": ""}),
+        application_name="owner",
+        url=settings.migration_url(),
+    )
     try:
         async with tenant_transaction(make_sessionmaker(owner), org) as session:
             await session.execute(text("DELETE FROM tasks WHERE id = :id"), {"id": state.task_id})

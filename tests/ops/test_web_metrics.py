@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from core.metrics import WebMetrics
+from core.pubsub import Channel
 from core.settings import Settings
 from core.watchdog import LoopWatchdog
 from tests.helpers import bearer, new_org, open_stream, serve_app, wait_until
@@ -115,7 +116,7 @@ def test_make_run_defaults_and_each_replica_has_a_metrics_port_of_its_own() -> N
 def test_the_hub_counts_open_streams_and_the_ones_it_cuts_off() -> None:
     metrics = WebMetrics()
     # Nothing here talks to Redis: subscribing a stream and offering it events are in-process.
-    hub = StreamHub(cast(Redis, None), "channel", 2, metrics)
+    hub = StreamHub(cast(Redis, None), Channel("channel", b"k" * 32), 2, metrics)
     registry = metrics.registry
     first, second = hub.subscribe("org", "7"), hub.subscribe("org", "8")
     assert sample(registry, "tickler_streams_open") == 2

@@ -18,6 +18,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.tasks import TaskActivities
 from core.db import tenant_transaction
 from core.payloads import DeliverReminderInput
+from core.pubsub import Channel
 from core.settings import Settings
 from core.temporal import metrics_runtime
 from tests.helpers import new_org, task_row, wait_until
@@ -41,9 +42,7 @@ async def test_deliveries_count_once_with_their_lateness_retries_and_failures(
 ) -> None:
     port = devstack.free_port()
     runtime = metrics_runtime(f"127.0.0.1:{port}")
-    activities = TaskActivities(
-        sessionmaker, redis, settings.redis_channel, metric_meter=runtime.metric_meter
-    )
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings), metric_meter=runtime.metric_meter)
 
     async def exported(*wanted: str) -> dict[str, float]:
         """The worker's samples once they hold every one of ``wanted``; empty until then."""
@@ -67,7 +66,11 @@ async def test_deliveries_count_once_with_their_lateness_retries_and_failures(
     async with tenant_transaction(sessionmaker, org) as session:
         session.add(task)
     delivery = DeliverReminderInput(
-        task_id=task.id, organization_id=org, dedupe_key=f"{task.id}/1/0", due_at=task.due_at
+        task_id=task.id,
+        organization_id=org,
+        dedupe_key=f"{task.id}/1/0",
+        due_at=task.due_at,
+        not_before=task.due_at,
     )
     first = ActivityEnvironment()
     await first.run(activities.deliver_reminder, delivery)

@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner
 
 from activities.tasks import TaskActivities
+from core.pubsub import Channel
 from core.settings import Settings
 from tests.helpers import start_task, task_state, wait_until
 from tickler import devstack
@@ -60,7 +61,7 @@ async def test_a_worker_gives_its_activities_in_hand_time_to_finish_at_shutdown(
     temporal: Client, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis
 ) -> None:
     """The SDK's default is 0 s: a delivery in hand at SIGTERM was cancelled."""
-    activities = TaskActivities(sessionmaker, redis, settings.redis_channel)
+    activities = TaskActivities(sessionmaker, redis, Channel.of(settings))
     patient = settings.model_copy(
         update={"worker_graceful_shutdown_seconds": 7, "temporal_task_queue": f"patient-{uuid.uuid4().hex}"}
     )
@@ -76,12 +77,14 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess
     assert keys is not None
     env = os.environ | {
         "TICKLER_DATABASE_URL": own.database_url,
+        "TICKLER_MAINTENANCE_DATABASE_URL": own.maintenance_url(),
         "TICKLER_REDIS_URL": own.redis_url,
         "TICKLER_REDIS_CHANNEL": own.redis_channel,
         "TICKLER_TEMPORAL_ADDRESS": own.temporal_address,
         "TICKLER_TEMPORAL_TASK_QUEUE": own.temporal_task_queue,
         # The suite's key: the test's client encrypts what this worker must read.
         "TICKLER_ENCRYPTION_KEYS": keys.get_secret_value(),
+        "TICKLER_CHANNEL_KEY": Channel.of(own).key.decode(),
         "TICKLER_WORKER_METRICS_PORT": str(metrics_port),
         "TICKLER_WORKER_HEALTH_PORT": str(health_port),
         # Every collection is long enough to be logged: the log must show them.

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.payloads import NotificationEvent
-from core.pubsub import publish
+from core.pubsub import Channel, publish
 from core.settings import Settings
 from tests.helpers import (
     HEARTBEAT,
@@ -204,7 +204,7 @@ async def test_a_last_event_id_above_the_newest_starts_from_the_newest_and_says_
         assert json.loads(resync.data) == {"last_event_id": newest}
         [fresh] = await insert_notifications(sessionmaker, org, "7", 1)
         assert fresh < newest + 1000
-        await publish(redis, settings.redis_channel, live(org, fresh, "Call Ana #0", previous_id=newest))
+        await publish(redis, Channel.of(settings), live(org, fresh, "Call Ana #0", previous_id=newest))
         await stream.read_until(lambda line: line == f"id: {fresh}")
         await stream.read_until(lambda line: line == "")
     assert stream.notification_ids == [fresh]
@@ -257,8 +257,8 @@ async def test_the_next_row_named_by_its_message_is_sent_without_reading_postgre
         first, second = await insert_notifications(sessionmaker, org, "7", 2)
         # Each message names the row before it, which is the last the stream sent: it goes out as it is
         # (its title differs from the row's only to show where the event came from).
-        await publish(redis, settings.redis_channel, live(org, first, "from the message", previous_id=0))
-        await publish(redis, settings.redis_channel, live(org, second, "also", previous_id=first))
+        await publish(redis, Channel.of(settings), live(org, first, "from the message", previous_id=0))
+        await publish(redis, Channel.of(settings), live(org, second, "also", previous_id=first))
         await stream.read_until(lambda line: line == f"id: {second}")
         await stream.read_until(lambda line: line == "")
     assert stream.notification_ids == [first, second]
@@ -276,7 +276,7 @@ async def test_a_message_after_one_the_stream_missed_makes_it_read_what_it_lacks
         await stream.read_past_heartbeat()
         lost, second = await insert_notifications(sessionmaker, org, "7", 2)
         # The first row's message never came: the second's names a predecessor the stream has not sent.
-        await publish(redis, settings.redis_channel, live(org, second, "from the message", previous_id=lost))
+        await publish(redis, Channel.of(settings), live(org, second, "from the message", previous_id=lost))
         await stream.read_until(lambda line: line == f"id: {second}")
         await stream.read_until(lambda line: line == "")
     assert stream.notification_ids == [lost, second]
@@ -296,11 +296,11 @@ async def test_a_live_event_already_replayed_is_not_sent_twice(
         assert stream.notification_ids == ids[1:]
 
         # A retried delivery publishes its row again.
-        await publish(redis, settings.redis_channel, live(org, ids[2], "Call Ana #2"))
-        await publish(redis, settings.redis_channel, live(org, ids[1], "Call Ana #1"))
+        await publish(redis, Channel.of(settings), live(org, ids[2], "Call Ana #2"))
+        await publish(redis, Channel.of(settings), live(org, ids[1], "Call Ana #1"))
         # Redis keeps the order of a channel: once the fresh row arrives, the duplicates had their chance.
         [fresh] = await insert_notifications(sessionmaker, org, "7", 1)
-        await publish(redis, settings.redis_channel, live(org, fresh, "Call Ana #0"))
+        await publish(redis, Channel.of(settings), live(org, fresh, "Call Ana #0"))
         await stream.read_until(lambda line: line == f"id: {fresh}")
         await stream.read_until(lambda line: line == "")
 
@@ -324,10 +324,10 @@ async def test_a_republished_old_notification_is_not_sent_after_a_reconnect(
         assert stream.notifications == []
         # deliver_reminder retried after its publish (e.g. the worker died before completing it) publishes
         # the existing row again: "streams drop duplicates by id", says activities/tasks.py.
-        await publish(redis, settings.redis_channel, live(org, ids[-1], "Call Ana #1"))
-        await publish(redis, settings.redis_channel, live(org, ids[0], "Call Ana #0"))
+        await publish(redis, Channel.of(settings), live(org, ids[-1], "Call Ana #1"))
+        await publish(redis, Channel.of(settings), live(org, ids[0], "Call Ana #0"))
         [fresh] = await insert_notifications(sessionmaker, org, "7", 1)
-        await publish(redis, settings.redis_channel, live(org, fresh, "Call Ana #0"))
+        await publish(redis, Channel.of(settings), live(org, fresh, "Call Ana #0"))
         await stream.read_until(lambda line: line == f"id: {fresh}")
         await stream.read_until(lambda line: line == "")
 

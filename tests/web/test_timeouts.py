@@ -41,7 +41,7 @@ async def table_locked(settings: Settings, table: str) -> AsyncIterator[None]:
     """Hold an ACCESS EXCLUSIVE lock on ``table`` from a connection of the owner until the block ends:
     every statement that reads it waits, as behind a long migration or a stuck transaction."""
     as_owner = settings.model_copy(update={"database_role": ""})
-    owner = make_engine(as_owner, application_name="tickler-test-lock")
+    owner = make_engine(as_owner, application_name="tickler-test-lock", url=settings.migration_url())
     try:
         async with owner.connect() as connection:
             await connection.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))

@@ -105,7 +105,7 @@ class FakeActivities:
         # As the real one (activities/tasks.py, tested in tests/test_delivery.py): wait for the instant,
         # on this server's skipped clock.
         now = await self.env.get_current_time()
-        if input.not_before is not None and now < input.not_before:
+        if now < input.not_before:
             await self.env.sleep(input.not_before - now)
             now = await self.env.get_current_time()
         self.deliveries.append(Delivery(input, now))

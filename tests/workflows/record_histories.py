@@ -1,7 +1,9 @@
 """Record the histories that test_replay.py replays: `make histories`.
 
 Re-record only on purpose: a replay failure means a change of workflow code would break workflows
-already running in production. Each scenario runs on the time-skipping test server with fake activities.
+already running in production. A new workflow version or patch first moves the recordings it replaces
+into a sub-folder, unchanged (docs/decisions.md §12). Each scenario runs on the time-skipping test server
+with fake activities; `python -m tests.workflows.record_histories NAME...` records only those named.
 """
 
 from __future__ import annotations

@@ -17,12 +17,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from core.codec import EncryptionCodec, EncryptionKey, data_converter
+from core.payloads import OLDEST_WORKFLOW_VERSION, TASK_WORKFLOW, WORKFLOW_VERSION, TaskWorkflowInput
 from core.settings import Settings
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.task import TaskWorkflow
 
-# Top level: today's recordings. Sub-folders: histories of earlier behaviour that running workflows may
-# still have (activity-delivery/: version 1, decisions §12); they replay as long as that branch is kept.
+# Top level: today's recordings (`make histories`). Sub-folders: the task workflow's older versions that
+# running workflows may still have, one folder per version (v<N>/) or patch (pre-<patch id>/), kept
+# byte-identical as long as the workflow runs it (decisions §12). None today: version 2 is the only one.
 ROOT = Path(__file__).parent / "histories"
 HISTORIES = sorted(ROOT.rglob("*.json"))
 CONVERTER = data_converter(
@@ -39,6 +41,17 @@ async def test_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(f"task-{path.stem}", await asyncio.to_thread(path.read_text))
     replayer = Replayer(workflows=[TaskWorkflow, MaintenanceWorkflow], data_converter=CONVERTER)
     await replayer.replay_workflow(history)
+
+
+def test_every_version_the_workflow_runs_has_a_recorded_history() -> None:
+    """A version added without a recording, or one dropped while its recordings stay, shows here."""
+    versions = set()
+    for path in HISTORIES:
+        history = WorkflowHistory.from_json(path.stem, path.read_text())
+        started = history.events[0].workflow_execution_started_event_attributes
+        if started.workflow_type.name == TASK_WORKFLOW:
+            versions.add(TaskWorkflowInput.model_validate_json(started.input.payloads[0].data).version)
+    assert versions == set(range(OLDEST_WORKFLOW_VERSION, WORKFLOW_VERSION + 1))
 
 
 def test_replay_goes_through_the_codec() -> None:

@@ -8,12 +8,28 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 
-from core.payloads import CHANGE_UPDATE, DELIVER_AHEAD, SYNC_UPDATE, Recurrence, TaskChange, TaskState
+from core.payloads import (
+    CHANGE_UPDATE,
+    DELIVER_AHEAD,
+    SYNC_UPDATE,
+    TASK_WORKFLOW,
+    WORKFLOW_VERSION,
+    WORKFLOW_VERSION_UNSUPPORTED,
+    Recurrence,
+    TaskChange,
+    TaskState,
+    TaskWorkflowInput,
+)
 from tests.helpers import task_state, wait_until
-from tests.workflows.conftest import Harness
+from tests.workflows.conftest import Harness, fake_worker, start_environment
 from workflows.task import TaskWorkflow
 
 
@@ -66,17 +82,55 @@ async def test_the_timer_fires_ahead_and_the_delivery_waits_for_the_instant(harn
     assert not [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
 
 
-async def test_a_version_1_workflow_still_delivers_with_an_activity_at_the_instant(harness: Harness) -> None:
-    """Workflows started before version 2 keep their behaviour until they continue as new."""
-    state = await new_task(harness, timedelta(hours=3))
-    handle = await harness.start(state, version=1)
-    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
-    await harness.env.sleep(timedelta(hours=3, seconds=1))
-    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
-    assert delivery.at >= state.due_at
-    assert delivery.input.not_before is None
-    history = await handle.fetch_history()
-    assert [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+@pytest.mark.parametrize("version", [0, 1, None], ids=["0", "1", "absent"])
+async def test_an_input_of_a_removed_version_is_refused_at_start(version: int | None) -> None:
+    """Version 1 is gone (decisions §12): an input that asks for it, or predates the field (a start by
+    hand), fails the workflow for good with a reason, before it saves or arms anything. On a test server
+    of its own: waiting for the result on the shared one skipped its clock decades ahead for the tests
+    after it."""
+    env = await start_environment()
+    try:
+        async with fake_worker(env) as harness:
+            state = await new_task(harness, timedelta(hours=1))
+            payload = TaskWorkflowInput(state=state).model_dump(mode="json", exclude={"version"})
+            if version is not None:
+                payload["version"] = version
+            handle = await harness.env.client.start_workflow(
+                TASK_WORKFLOW, payload, id=f"task-{state.task_id}", task_queue=harness.task_queue
+            )
+            with pytest.raises(WorkflowFailureError) as failed:
+                await handle.result()
+            cause = failed.value.cause
+            assert isinstance(cause, ApplicationError)
+            assert cause.type == WORKFLOW_VERSION_UNSUPPORTED
+            assert cause.non_retryable
+            assert f"version {1 if version is None else version} is no longer supported" in cause.message
+            assert harness.fakes.saves == 0
+            history = await handle.fetch_history()
+            assert not [e for e in history.events if e.HasField("timer_started_event_attributes")]
+    finally:
+        await env.shutdown()
+
+
+async def test_an_input_of_a_newer_version_waits_for_a_worker_that_runs_it() -> None:
+    """A newer build's input (a rollback) is not failed for good: its workflow task fails and is retried
+    until a worker of that build takes it; meanwhile this worker does nothing with it. On a test server
+    of its own: a workflow task retried on the shared one stops its time-skipping for the next tests."""
+    env = await start_environment()
+    try:
+        async with fake_worker(env) as harness:
+            state = await new_task(harness, timedelta(hours=1))
+            handle = await harness.start(state, version=WORKFLOW_VERSION + 1)
+
+            async def task_failed() -> bool:
+                history = await handle.fetch_history()
+                return any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events)
+
+            await wait_until(task_failed, what="the workflow task failure")
+            assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+            assert harness.fakes.saves == 0
+    finally:
+        await env.shutdown()
 
 
 async def test_reschedule_update_moves_the_timer_and_the_row(harness: Harness) -> None:

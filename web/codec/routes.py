@@ -60,11 +60,11 @@ async def cors(response: Response) -> Response:
     return response
 
 
-def _operator() -> Operator:
+async def _operator() -> Operator:
     """The operator calling, or 401 (no or bad credentials) / 403 (not an operator, or a foreign origin)."""
     if not _origin_allowed():
         raise Forbidden("This origin may not call the codec endpoint: add it to TICKLER_CODEC_CORS_ORIGINS.")
-    return resources().verifier.verify_operator(credentials())
+    return await resources().verifier.verify_operator(credentials())
 
 
 async def _payloads() -> list[Payload]:
@@ -81,7 +81,7 @@ async def _payloads() -> list[Payload]:
 
 
 async def _convert(action: str) -> Response:
-    operator = _operator()
+    operator = await _operator()
     payloads = await _payloads()
     codec = resources().temporal.data_converter.payload_codec
     converted = payloads

@@ -97,7 +97,7 @@ async def _push(
     # count again when it reconnects.
     await publish(
         res.redis,
-        res.settings.redis_channel,
+        res.hub.channel,
         NotificationEvent(
             organization_id=who.organization_id,
             user_id=who.user_id,

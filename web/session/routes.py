@@ -73,7 +73,7 @@ async def sign_in() -> Response:
     token = bearer_token()
     if token is None:
         raise Unauthorized("Send the token from your CRM as `Authorization: Bearer <token>`.")
-    who = res.verifier.verify(token)
+    who = await res.verifier.verify(token)
     await res.rate_limiter.check(who)
     return _signed_in(who, token)
 
@@ -95,7 +95,7 @@ async def dev_sign_in(data: DevSignIn) -> Response:
         ttl_seconds=DEV_SESSION_SECONDS,
         roles=[OPERATOR_ROLE] if data.operator else [],
     )
-    return _signed_in(resources().verifier.verify(token), token)
+    return _signed_in(await resources().verifier.verify(token), token)
 
 
 @blueprint.get("")

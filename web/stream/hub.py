@@ -3,7 +3,8 @@
 Each stream has a bounded queue. A stream that falls behind is closed (its client reconnects and
 replays from PostgreSQL) rather than growing the server's memory. When the subscription drops, the hub
 resubscribes by itself; each time it subscribes, the first time included, it tells every open stream to
-replay what it may have missed.
+replay what it may have missed. A message that does not carry the channel key's signature (one that
+anyone able to publish on Redis made up) reaches no stream (core/pubsub.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 
 from core.metrics import WebMetrics
 from core.payloads import NotificationEvent
+from core.pubsub import Channel
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Subscription:
 
 class StreamHub:
     def __init__(
-        self, redis: Redis, channel: str, queue_size: int, metrics: WebMetrics | None = None
+        self, redis: Redis, channel: Channel, queue_size: int, metrics: WebMetrics | None = None
     ) -> None:
         self.redis = redis
         self.channel = channel
@@ -129,10 +131,16 @@ class StreamHub:
         return sum(len(subs) for subs in self.subscriptions.values())
 
     def dispatch(self, raw: bytes | str) -> None:
+        body = self.channel.verified_body(raw)
+        if body is None:
+            log.warning("dropped a message on %s without a valid signature", self.channel.name)
+            self.metrics.messages_dropped.labels("signature").inc()
+            return
         try:
-            event = NotificationEvent.model_validate_json(raw)
+            event = NotificationEvent.model_validate_json(body)
         except ValidationError:
-            log.warning("dropped a malformed message on %s", self.channel)
+            log.warning("dropped a malformed message on %s", self.channel.name)
+            self.metrics.messages_dropped.labels("malformed").inc()
             return
         for sub in tuple(self.subscriptions.get((event.organization_id, event.user_id), ())):
             sub.offer(event)
@@ -155,7 +163,9 @@ class StreamHub:
                     # Nothing published before this moment reached a stream: not at the first subscription
                     # (streams may have opened while Redis was not there yet), nor after a loss. Every
                     # stream replays from PostgreSQL; from now on, what is published arrives live.
-                    log.info("subscribed to %s; open streams replay what they may have missed", self.channel)
+                    log.info(
+                        "subscribed to %s; open streams replay what they may have missed", self.channel.name
+                    )
                     for subs in self.subscriptions.values():
                         for sub in subs:
                             sub.offer(Control.RESYNC)
@@ -171,7 +181,7 @@ class StreamHub:
     async def _subscribe(self, pubsub: PubSub) -> None:
         """Subscribe, and return once Redis has confirmed it: ``subscribe()`` only sends the command, and a
         replay that ran before Redis acted on it could miss a message published in between."""
-        await pubsub.subscribe(self.channel)
+        await pubsub.subscribe(self.channel.name)
         async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
             while True:
                 message = await pubsub.get_message(timeout=1.0)

@@ -11,13 +11,19 @@ import pytest
 from redis.asyncio import Redis
 
 from core.payloads import NotificationEvent
-from core.pubsub import make_redis, publish
+from core.pubsub import Channel, make_redis, publish
 from core.settings import Settings
 from tests.helpers import new_org, wait_until
 from tickler import devstack
 from web.stream.hub import Control, StreamHub, StreamItem, Subscription
 
 HubFactory = Callable[..., Awaitable[StreamHub]]
+
+
+def own_channel(settings: Settings, purpose: str) -> Channel:
+    """A channel of the test's own, signed with the suite's key."""
+    return Channel(f"{settings.redis_channel}-{purpose}-{uuid.uuid4().hex[:8]}", Channel.of(settings).key)
+
 
 # Longer than the hub's first resubscription backoff (0.1 s) and its 1 s read timeout, with room to spare.
 DEADLINE = 10.0
@@ -29,7 +35,7 @@ async def make_hub(redis: Redis, settings: Settings) -> AsyncIterator[HubFactory
     hubs: list[StreamHub] = []
 
     async def make(queue_size: int = 16) -> StreamHub:
-        hub = StreamHub(redis, f"{settings.redis_channel}-hub-{uuid.uuid4().hex[:8]}", queue_size)
+        hub = StreamHub(redis, own_channel(settings, "hub"), queue_size)
         hubs.append(hub)
         await hub.start()
         assert hub.subscribed.is_set()
@@ -112,12 +118,38 @@ async def test_a_malformed_message_is_dropped_and_later_ones_arrive(
     hub = await make_hub()
     org = new_org()
     sub = hub.subscribe(org, "7")
-    await redis.publish(hub.channel, garbage)
+    await redis.publish(hub.channel.name, garbage)
+    # Signed garbage too: it passes the signature, not the parsing.
+    await redis.publish(hub.channel.name, hub.channel.sign(garbage))
     await publish(redis, hub.channel, event(org, "7", 1))
     assert await next_item(sub) == event(org, "7", 1)
     assert sub.queue.empty()
     assert hub._task is not None
     assert not hub._task.done()
+
+
+async def test_a_message_without_the_channel_keys_signature_reaches_no_stream(
+    make_hub: HubFactory, redis: Redis
+) -> None:
+    """Anyone who can publish on Redis could otherwise push made-up notifications into any user's tabs."""
+    hub = await make_hub()
+    org = new_org()
+    sub = hub.subscribe(org, "7")
+    forged = event(org, "7", 1, title="Your password expired: sign in at evil.example")
+    body = forged.model_dump_json().encode()
+    other_key = Channel(hub.channel.name, b"not-the-key-" * 4)
+    for message in (
+        body,  # unsigned, as every message was before signatures
+        other_key.sign(body),  # signed with another key
+        hub.channel.sign(body).replace(b"evil.example", b"evil.example!"),  # tampered after signing
+        hub.channel.sign(body)[:70] + b"." + body,  # a signature cut short
+    ):
+        await redis.publish(hub.channel.name, message)
+    await publish(redis, hub.channel, event(org, "7", 2))
+    assert await next_item(sub) == event(org, "7", 2)
+    assert sub.queue.empty()
+    dropped = hub.metrics.messages_dropped.labels("signature")._value.get()
+    assert dropped == 4
 
 
 async def test_a_stream_that_falls_behind_is_closed_and_others_go_on(
@@ -167,7 +199,7 @@ async def test_after_the_connection_is_killed_the_hub_resubscribes_and_resyncs(
     ana, bo = hub.subscribe(org, "7"), hub.subscribe(org, "8")
 
     async def listeners() -> int:
-        [(_, count)] = await redis.pubsub_numsub(hub.channel)
+        [(_, count)] = await redis.pubsub_numsub(hub.channel.name)
         return int(count)
 
     assert await listeners() == 1
@@ -196,7 +228,7 @@ async def test_the_first_subscription_resyncs_the_streams_opened_before_it(
     the hub first subscribes reached none of them, so each must replay it."""
     port = devstack.free_port()
     client = make_redis(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"}))
-    hub = StreamHub(client, f"{settings.redis_channel}-first-{uuid.uuid4().hex[:8]}", 16)
+    hub = StreamHub(client, own_channel(settings, "first"), 16)
     server: devstack.ManagedProcess | None = None
     try:
         await hub.start(wait_seconds=0.1)
