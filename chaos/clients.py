@@ -136,10 +136,11 @@ class Crowd:
 
     async def until_received(self, expected: dict[str, str], within: float) -> bool:
         """Until every client has each of its expected tasks (task id -> user); False at the deadline."""
-        by_user = {c.user: c for c in self.clients}
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            if all(task in by_user[user].task_ids for task, user in expected.items()):
+            # Each user's set once a poll, not once per expected task.
+            have = {c.user: c.task_ids for c in self.clients}
+            if all(task in have[user] for task, user in expected.items()):
                 return True
             await asyncio.sleep(0.2)
         return False

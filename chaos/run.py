@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import shutil
 import signal
 import sys
 import tempfile
@@ -57,15 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             outcomes = asyncio.run(run_scenarios(stack, scale, names))
         finally:
             stack.stop()
-            log = stack.log_path.read_text(errors="replace") if stack.log_path.exists() else ""
-    meta = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "topology": "tickler run --replicas 2 (2 workers, 2 web, HAProxy), 127.0.0.1",
-        "scale": dataclasses.asdict(scale),
-        "duration_s": round(time.monotonic() - began, 1),
-    }
-    directory = report.write(outcomes, meta, out)
-    (directory / "tickler-run.log").write_text(log)
+        meta = {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "topology": "tickler run --replicas 2 (2 workers, 2 web, HAProxy), 127.0.0.1",
+            "scale": dataclasses.asdict(scale),
+            "duration_s": round(time.monotonic() - began, 1),
+        }
+        directory = report.write(outcomes, meta, out)
+        # Copied before the data dir goes: a full run's log, not read into memory.
+        if stack.log_path.exists():
+            shutil.copyfile(stack.log_path, directory / "tickler-run.log")
     print(report.markdown(outcomes, meta))
     print(f"report: {directory}")
     return 0 if all(o.passed for o in outcomes) else 1

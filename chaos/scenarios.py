@@ -22,9 +22,10 @@ from redis.asyncio import Redis
 
 from chaos.clients import STREAM, Crowd, StreamClient
 from chaos.report import Outcome
-from chaos.stack import REPLICAS, Stack, stream_counts
+from chaos.stack import REPLICAS, Stack, count_lines, stream_counts
 from core.payloads import NotificationEvent
 from core.pubsub import Channel
+from tickler.devstack.run_process import LogFollower
 
 # Creating tasks through the proxy, this many at a time.
 CREATE_CONCURRENCY = 32
@@ -94,8 +95,16 @@ SCALES = {
 }
 
 
-def _users(org: str, count: int, stack: Stack) -> list[StreamClient]:
-    return [StreamClient(user=f"u{n}", headers=stack.headers(org, f"u{n}")) for n in range(count)]
+def _org_crowd(stack: Stack, count: int) -> tuple[str, Crowd]:
+    """A fresh organization, and a crowd of ``count`` of its users to stream through the proxy."""
+    org = f"chaos-{uuid.uuid4().hex[:10]}"
+    users = [StreamClient(user=f"u{n}", headers=stack.headers(org, f"u{n}")) for n in range(count)]
+    return org, Crowd(stack.proxy, users)
+
+
+def _received_before(crowd: Crowd, expected: dict[str, str], at: float) -> int:
+    """Events of ``expected`` tasks the crowd had received before ``at`` (a time.time())."""
+    return sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < at)
 
 
 async def _create(
@@ -148,13 +157,13 @@ async def _tally(
 ) -> None:
     """Fill in delivered, lost, duplicates, lateness and time to recover (from ``recovered_from``, a
     time.time(), to the last expected event)."""
-    by_user = {c.user: c for c in crowd.clients}
+    have = {c.user: c.task_ids for c in crowd.clients}
     wanted = set(expected)
     got = [r for c in crowd.clients for r in c.received if r.task_id in wanted]
     firsts: dict[str, float] = {}
     for r in got:
         firsts[r.task_id] = min(firsts.get(r.task_id, r.at), r.at)
-    outcome.delivered = sum(1 for task, user in expected.items() if task in by_user[user].task_ids)
+    outcome.delivered = sum(1 for task, user in expected.items() if task in have[user])
     outcome.lost = len(expected) - outcome.delivered
     lateness = sorted(r.lateness for r in got)
     if lateness:
@@ -212,8 +221,7 @@ async def worker_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.burst,
         streams=scale.burst_users,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.burst_users, stack))
+    org, crowd = _org_crowd(stack, scale.burst_users)
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         due, expected = await _burst(http, stack, org, crowd, scale.burst, outcome)
         await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 1.0))
@@ -237,8 +245,7 @@ async def web_killed_under_streams(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.web_streams,
         streams=scale.web_streams,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.web_streams, stack))
+    org, crowd = _org_crowd(stack, scale.web_streams)
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         await crowd.all_open(OPEN_WITHIN)
         counts = await stream_counts(http, stack)
@@ -282,8 +289,7 @@ async def redis_stopped(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.redis_streams,
         streams=scale.redis_streams,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.redis_streams, stack))
+    org, crowd = _org_crowd(stack, scale.redis_streams)
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         await crowd.all_open(OPEN_WITHIN)
         due = _due_in(scale.redis_streams) + timedelta(seconds=2)
@@ -294,7 +300,7 @@ async def redis_stopped(stack: Stack, scale: Scale) -> Outcome:
         took = await asyncio.to_thread(stack.start_server, "redis")
         resumed = time.time()
         outcome.notes.append(f"Redis answered {took:.2f} s after its start")
-        early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < resumed)
+        early = _received_before(crowd, expected, resumed)
         outcome.notes.append(f"delivered on streams during the outage: {early}")
         await crowd.until_received(expected, scale.deliver_within)
         await asyncio.sleep(SETTLE)
@@ -317,8 +323,7 @@ async def temporal_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.burst,
         streams=scale.burst_users,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.burst_users, stack))
+    org, crowd = _org_crowd(stack, scale.burst_users)
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         due, expected = await _burst(http, stack, org, crowd, scale.burst, outcome)
         await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + scale.kill_into_burst))
@@ -391,6 +396,39 @@ async def _call_api(
     return calls
 
 
+class ApiCallers:
+    """API_CALLERS callers of the API as users of ``org``, from their start until ``stop``."""
+
+    def __init__(self, http: httpx.AsyncClient, stack: Stack, org: str, users: list[str]) -> None:
+        self._stop = asyncio.Event()
+        self._callers = [
+            asyncio.create_task(_call_api(http, stack.headers(org, users[n % len(users)]), self._stop, n))
+            for n in range(API_CALLERS)
+        ]
+
+    async def stop(self) -> list[ApiCall]:
+        self._stop.set()
+        return [call for caller in await asyncio.gather(*self._callers) for call in caller]
+
+
+def _judge_api(outcome: Outcome, calls: list[ApiCall], during: str) -> tuple[str, list[ApiCall]]:
+    """What every fault of PostgreSQL must hold of the API calls made ``during`` it: 503s with Retry-After,
+    nothing else, none slow. The summary for the notes, and the 503s."""
+    statuses = Counter(call.status for call in calls)
+    slowest = max((call.seconds for call in calls), default=0.0)
+    unavailable = [call for call in calls if call.status == 503]
+    outcome.must_hold.update(
+        {
+            f"the API answered 503 while {during}": bool(unavailable),
+            "no 500, no other error, no hang": set(statuses) <= {200, 503},
+            "every 503 carries Retry-After": all(call.retry_after for call in unavailable),
+            f"every API call ended within {API_BOUND:.0f} s": slowest <= API_BOUND,
+        }
+    )
+    summary = f"{len(calls)}, answers {dict(sorted(statuses.items()))}, slowest {slowest:.2f} s"
+    return summary, unavailable
+
+
 async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
     """PostgreSQL hangs: a second connection holds an ACCESS EXCLUSIVE lock on the notifications table in
     an open transaction, one reminder per user falling due through it, API calls continuing."""
@@ -402,10 +440,8 @@ async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.lock_users,
         streams=scale.lock_users,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.lock_users, stack))
-    failed_before = stack.log_count(*DELIVERY_FAILED)
-    timeouts_before = stack.log_count(*STATEMENT_TIMEOUT)
+    org, crowd = _org_crowd(stack, scale.lock_users)
+    log = stack.log_from_now()
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         await crowd.all_open(OPEN_WITHIN)
         first = _due_in(scale.lock_users)
@@ -414,11 +450,7 @@ async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
         users = [c.user for c in crowd.clients]
         expected = await _create(http, stack, org, users, first, outcome.notes, every)
         await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() - 1.0))
-        stop = asyncio.Event()
-        callers = [
-            asyncio.create_task(_call_api(http, stack.headers(org, users[n % len(users)]), stop, n))
-            for n in range(API_CALLERS)
-        ]
+        callers = ApiCallers(http, stack, org, users)
         locker = await asyncpg.connect(stack.database_dsn, timeout=10)
         try:
             transaction = locker.transaction()
@@ -432,38 +464,27 @@ async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
         finally:
             await locker.close()
         released = time.time()
-        stop.set()
-        calls = [call for caller in await asyncio.gather(*callers) for call in caller]
-        early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < released)
+        calls = await callers.stop()
+        early = _received_before(crowd, expected, released)
         outcome.notes.append(f"delivered on streams while the lock was held: {early}")
         delivered = await crowd.until_received(expected, scale.deliver_within)
         await asyncio.sleep(SETTLE)
     await _tally(outcome, stack, org, crowd, expected, released)
     if not delivered:
         outcome.notes.append(f"not all delivered within {scale.deliver_within} s of the release")
-    failed = stack.log_count(*DELIVERY_FAILED) - failed_before
-    timeouts = stack.log_count(*STATEMENT_TIMEOUT) - timeouts_before
+    lines = log.new_lines()
+    failed = count_lines(lines, *DELIVERY_FAILED)
+    timeouts = count_lines(lines, *STATEMENT_TIMEOUT)
     outcome.notes.append(
         f"delivery attempts failed and retried: {failed}; API calls a statement timeout ended in 503: "
         f"{timeouts} (the worker's and web processes' logs)"
     )
-    statuses = Counter(call.status for call in calls)
-    slowest = max((call.seconds for call in calls), default=0.0)
-    unavailable = [call for call in calls if call.status == 503]
+    summary, unavailable = _judge_api(outcome, calls, "the lock was held")
+    outcome.must_hold["deliveries timed out and were retried"] = failed > 0
     outcome.notes.append(
-        f"API calls during the lock: {len(calls)}, answers {dict(sorted(statuses.items()))}, slowest "
-        f"{slowest:.2f} s; 503s by call: "
+        f"API calls during the lock: {summary}; 503s by call: "
         f"{dict(Counter(f'{c.method} {c.path}' for c in unavailable))}; lock held "
         f"{released - locked:.1f} s"
-    )
-    outcome.must_hold.update(
-        {
-            "the API answered 503 while the lock was held": bool(unavailable),
-            "no 500, no other error, no hang": set(statuses) <= {200, 503},
-            "every 503 carries Retry-After": all(call.retry_after for call in unavailable),
-            f"every API call ended within {API_BOUND:.0f} s": slowest <= API_BOUND,
-            "deliveries timed out and were retried": failed > 0,
-        }
     )
     return outcome
 
@@ -496,8 +517,7 @@ async def postgres_stopped(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.postgres_users,
         streams=scale.postgres_users,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.postgres_users, stack))
+    org, crowd = _org_crowd(stack, scale.postgres_users)
     ready_urls = [f"http://127.0.0.1:{port}/readyz" for port in stack.web_ports + stack.worker_health_ports]
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         await crowd.all_open(OPEN_WITHIN)
@@ -507,11 +527,7 @@ async def postgres_stopped(stack: Stack, scale: Scale) -> Outcome:
         users = [c.user for c in crowd.clients]
         expected = await _create(http, stack, org, users, first, outcome.notes, every)
         await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds() - 2.0))
-        stop = asyncio.Event()
-        callers = [
-            asyncio.create_task(_call_api(http, stack.headers(org, users[n % len(users)]), stop, n))
-            for n in range(API_CALLERS)
-        ]
+        callers = ApiCallers(http, stack, org, users)
         await asyncio.to_thread(stack.kill_server, "postgres", signal.SIGINT)
         stopped = time.time()
         not_ready: set[str] = set()
@@ -522,12 +538,11 @@ async def postgres_stopped(stack: Stack, scale: Scale) -> Outcome:
             await asyncio.sleep(READY_POLL)
         took = await asyncio.to_thread(stack.start_server, "postgres")
         back = time.time()
-        stop.set()
-        calls = [call for caller in await asyncio.gather(*callers) for call in caller]
+        calls = await callers.stop()
         outcome.notes.append(
             f"PostgreSQL answered {took:.1f} s after its start ({back - stopped:.1f} s down)"
         )
-        early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.at < back)
+        early = _received_before(crowd, expected, back)
         outcome.notes.append(f"delivered on streams while it was down: {early}")
         ready_again = None
         while time.time() - back < READY_WITHIN:
@@ -540,20 +555,14 @@ async def postgres_stopped(stack: Stack, scale: Scale) -> Outcome:
     await _tally(outcome, stack, org, crowd, expected, back)
     if not delivered:
         outcome.notes.append(f"not all delivered within {scale.deliver_within} s of the start")
-    statuses = Counter(call.status for call in calls)
-    slowest = max((call.seconds for call in calls), default=0.0)
-    unavailable = [call for call in calls if call.status == 503]
+    summary, _ = _judge_api(outcome, calls, "PostgreSQL was down")
     outcome.notes.append(
-        f"API calls during the outage: {len(calls)}, answers {dict(sorted(statuses.items()))}, slowest "
-        f"{slowest:.2f} s; readiness said 503 on {len(not_ready)} of {len(ready_urls)} processes, ready "
-        f"again on all " + ("never" if ready_again is None else f"{ready_again:.1f} s after the start")
+        f"API calls during the outage: {summary}; readiness said 503 on {len(not_ready)} of "
+        f"{len(ready_urls)} processes, ready again on all "
+        + ("never" if ready_again is None else f"{ready_again:.1f} s after the start")
     )
     outcome.must_hold.update(
         {
-            "the API answered 503 while PostgreSQL was down": bool(unavailable),
-            "no 500, no other error, no hang": set(statuses) <= {200, 503},
-            "every 503 carries Retry-After": all(call.retry_after for call in unavailable),
-            f"every API call ended within {API_BOUND:.0f} s": slowest <= API_BOUND,
             "every web process and worker said not ready meanwhile": not_ready == set(ready_urls),
             f"all ready again within {READY_WITHIN:.0f} s": ready_again is not None,
         }
@@ -609,10 +618,9 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.stall_streams,
         streams=scale.stall_streams + 1,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.stall_streams, stack))
+    org, crowd = _org_crowd(stack, scale.stall_streams)
     window = stack.write_timeout + STALL_FILL_ALLOWANCE
-    cuts_before = stack.log_count(CUT_OFF)
+    log = stack.log_from_now()
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         await crowd.all_open(OPEN_WITHIN)
         first = _due_in(scale.stall_streams)
@@ -623,6 +631,7 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
         await asyncio.sleep(max(0.0, (first - datetime.now(UTC)).total_seconds()))
         baseline = sum((await stream_counts(http, stack)).values())
         marker = uuid.uuid4().hex
+        proxy_log = LogFollower(stack.data_dir / "haproxy.log", from_end=True)
         stalled = _open_stalled(stack, org, "stalled", marker)
         try:
             async with asyncio.timeout(10):
@@ -661,14 +670,15 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
             )
             closed: float | None = None
             proxy_ended: float | None = None
+            proxy_line = ""
             state = 1
             if freed is not None:
                 watch_until = time.time() + scale.stall_proxy_watch
                 while time.time() < watch_until:
-                    if proxy_ended is None and _proxy_logged(stack, marker):
+                    proxy_line = _proxy_logged(proxy_log, marker)
+                    if proxy_line:
                         # HAProxy logs a session (`option httplog`) when it ends it: its slot is free.
                         proxy_ended = time.time()
-                    if proxy_ended is not None:
                         break
                     await asyncio.sleep(0.1)
                 if _tcp_state(stalled) != 1:
@@ -679,7 +689,7 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
         await crowd.until_received(expected, scale.deliver_within)
         await asyncio.sleep(SETTLE)
     await _tally(outcome, stack, org, crowd, expected, began)
-    cuts = stack.log_count(CUT_OFF) - cuts_before
+    cuts = count_lines(log.new_lines(), CUT_OFF)
     outcome.notes.append(f"streams cut off by the write timeout (log lines): {cuts}")
     if freed is not None:
         outcome.time_to_recover_s = freed - began
@@ -691,7 +701,7 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
         if proxy_ended is not None:
             outcome.notes.append(
                 f"the proxy ended the stalled session {proxy_ended - freed:.1f} s after the web process: "
-                f"{_proxy_logged(stack, marker)}"
+                f"{proxy_line}"
             )
         if closed is not None:
             outcome.notes.append(f"the client's socket: {seen} when the proxy's end was seen")
@@ -716,11 +726,10 @@ async def stalled_reader(stack: Stack, scale: Scale) -> Outcome:
     return outcome
 
 
-def _proxy_logged(stack: Stack, marker: str) -> str:
-    """HAProxy's log line for the session whose request carries ``marker`` ("" while it lasts): its
-    timers, termination state and bytes."""
-    log = (stack.data_dir / "haproxy.log").read_text(errors="replace")
-    for line in log.splitlines():
+def _proxy_logged(proxy_log: LogFollower, marker: str) -> str:
+    """HAProxy's log line, among those since the last look, for the session whose request carries
+    ``marker`` ("" while it lasts): its timers, termination state and bytes."""
+    for line in proxy_log.new_lines():
         if marker in line:
             return line.split(" web/", 1)[-1][:160]
     return ""
@@ -760,8 +769,7 @@ async def rolling_restart(stack: Stack, scale: Scale) -> Outcome:
         reminders=count,
         streams=scale.roll_users,
     )
-    org = f"chaos-{uuid.uuid4().hex[:10]}"
-    crowd = Crowd(stack.proxy, _users(org, scale.roll_users, stack))
+    org, crowd = _org_crowd(stack, scale.roll_users)
     async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
         await crowd.all_open(OPEN_WITHIN)
         owners = [c.user for c in crowd.clients]

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,9 @@ from pydantic import SecretStr
 from core.auth import mint_token
 from core.settings import Settings
 from tickler import devstack
+from tickler.devstack import run_process
 from tickler.devstack.process import die_with_parent, log_tail
+from tickler.devstack.run_process import LogFollower
 
 REPLICAS = 2
 SECRET = "chaos-secret-of-at-least-thirty-two-bytes"
@@ -63,18 +63,20 @@ class Stack:
     settings: Settings = field(
         default_factory=lambda: Settings(jwt_secret=SecretStr(SECRET), jwt_issuer=None, jwt_audience=None)
     )
+    # HAProxy's log, read as it grows, and its last word on each web process (UP until it says DOWN).
+    _proxy_log: LogFollower | None = field(default=None, init=False, repr=False)
+    _web_up: dict[int, bool] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def in_dir(cls, root: Path) -> Stack:
         """A stack whose data and log live under ``root``, on free 127.0.0.1 ports."""
         haproxy = devstack.haproxy_executable()
         data_dir = root / "data"
-        # Nothing of the caller's TICKLER_* variables: each would count as configured, or move a port.
-        env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+        env = run_process.clean_environ()
         env["PATH"] = os.pathsep.join([str(Path(haproxy).parent), env.get("PATH", "")])
-        port = _free_ports(REPLICAS + 1)
+        port = run_process.free_ports(REPLICAS + 1)
         # `tickler run` gives the workers this port and the next (their /healthz and /readyz).
-        worker_health = _free_ports(REPLICAS)
+        worker_health = run_process.free_ports(REPLICAS)
         postgres_port = devstack.free_port()
         env.update(
             PYTHONUNBUFFERED="1",
@@ -180,22 +182,19 @@ class Stack:
             self.start_server(name)
         self.env["TICKLER_REDIS_URL"] = self.redis_url
         self.env["TICKLER_TEMPORAL_ADDRESS"] = self.temporal_address
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tickler", "run", "--replicas", str(REPLICAS)],
-                env=self.env,
-                # Not the project root: a developer's .env there must not leak in.
-                cwd=self.data_dir.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # A suite killed outright takes the stack along (its servers too, when started from the
-                # main thread; those a scenario restarted, Stack.stop stops).
-                preexec_fn=die_with_parent(signal.SIGTERM),
-            )
+        # From the end: a log that says "up" from an earlier run must not count.
+        log = LogFollower(self.log_path, from_end=True)
+        self.proc = run_process.launch(
+            ["run", "--replicas", str(REPLICAS)],
+            self.env,
+            self.data_dir,
+            self.log_path,
+            # A suite killed outright takes the stack along (its servers too, when started from the main
+            # thread; those a scenario restarted, Stack.stop stops).
+            preexec_fn=die_with_parent(signal.SIGTERM),
+        )
         deadline = began + START_TIMEOUT
-        while "Tickler is up" not in self.log_path.read_text(errors="replace"):
+        while not any("Tickler is up" in line for line in log.new_lines()):
             self.check_alive()
             if time.monotonic() > deadline:
                 raise StackFailed(f"`tickler run` not up within {START_TIMEOUT} s{self.log_tail()}")
@@ -212,27 +211,19 @@ class Stack:
                     self.servers.pop(name).stop(STOP_TIMEOUT)
 
     def _stop_run(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # The kernel takes the children along (they die with their parent).
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            # After SIGKILL the kernel takes the children along (they die with their parent).
+            run_process.stop(self.proc, STOP_TIMEOUT)
 
     def check_alive(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             code = None if self.proc is None else self.proc.returncode
             raise StackFailed(f"`tickler run` exited with {code}{self.log_tail()}")
 
-    def log_count(self, *texts: str) -> int:
-        """Lines of `tickler run`'s log (its children's output) so far that hold each of ``texts``."""
-        if not self.log_path.exists():
-            return 0
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return sum(1 for line in lines if all(text in line for text in texts))
+    def log_from_now(self) -> LogFollower:
+        """`tickler run`'s log (its children's output) from here on: the lines a scenario caused, read
+        without the whole log before them."""
+        return LogFollower(self.log_path, from_end=True)
 
     def log_tail(self) -> str:
         return log_tail(self.log_path, 4000) + log_tail(self.data_dir / "haproxy.log", 2000)
@@ -249,11 +240,22 @@ class Stack:
 
     def web_pid(self, port: int) -> int:
         assert self.proc is not None
-        for child in psutil.Process(self.proc.pid).children():
-            with contextlib.suppress(psutil.Error):
-                if "web" in child.cmdline() and child.environ().get("TICKLER_WEB_PORT") == str(port):
-                    return child.pid
-        raise StackFailed(f"no web process on port {port}")
+        pid = run_process.web_pid(self.proc, port)
+        if pid is None:
+            raise StackFailed(f"no web process on port {port}")
+        return pid
+
+    def _proxy_says_up(self) -> bool:
+        """Whether the proxy's last word on each web process is UP (or it never took one out)."""
+        if self._proxy_log is None:
+            self._proxy_log = LogFollower(self.data_dir / "haproxy.log")
+        for line in self._proxy_log.new_lines():
+            for n in range(1, REPLICAS + 1):
+                if f"web/web-{n} is UP" in line:
+                    self._web_up[n] = True
+                elif f"web/web-{n} is DOWN" in line:
+                    self._web_up[n] = False
+        return all(self._web_up.values())
 
     async def whole(self, client: httpx.AsyncClient, within: float = 60.0) -> float:
         """Wait until both workers run and both web processes answer /healthz through the proxy's
@@ -263,9 +265,7 @@ class Stack:
         while True:
             self.check_alive()
             healthy = [await _healthz(client, f"http://127.0.0.1:{p}/healthz") for p in self.web_ports]
-            log = (self.data_dir / "haproxy.log").read_text(errors="replace")
-            # The proxy's last word on each web process is UP (or it never took one out).
-            up = all(log.rfind(f"web/web-{n} is UP") >= log.rfind(f"web/web-{n} is DOWN") for n in (1, 2))
+            up = self._proxy_says_up()
             if len(self.pids("worker")) == REPLICAS and all(h is not None for h in healthy) and up:
                 return time.monotonic() - began
             if time.monotonic() > deadline:
@@ -301,6 +301,11 @@ async def _healthz(client: httpx.AsyncClient, url: str) -> dict[str, object] | N
     return response.json() if response.status_code == 200 else None
 
 
+def count_lines(lines: list[str], *texts: str) -> int:
+    """How many of ``lines`` hold each of ``texts``."""
+    return sum(1 for line in lines if all(text in line for text in texts))
+
+
 async def stream_counts(client: httpx.AsyncClient, stack: Stack) -> dict[int, int]:
     """Open streams per web port, as each web process's /healthz counts them."""
     counts = {}
@@ -308,21 +313,3 @@ async def stream_counts(client: httpx.AsyncClient, stack: Stack) -> dict[int, in
         health = await _healthz(client, f"http://127.0.0.1:{port}/healthz")
         counts[port] = int(str(health["streams"])) if health else 0
     return counts
-
-
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports: the proxy's, then one per web process."""
-    for _ in range(100):
-        first = devstack.free_port()
-        if first + count <= 65536 and all(_bindable(p) for p in range(first + 1, first + count)):
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -87,6 +87,9 @@ class TokenVerifier:
         # an outage must not fill the thread pool with requests waiting on a dead endpoint.
         self._fetch_lock = asyncio.Lock()
         self._fetch_failed_at = -math.inf
+        # When a `kid` missing from the cached set last sent us to the endpoint: pyjwt refetches at most
+        # once per cooldown, so until it ends another unknown `kid` is refused here, with no thread.
+        self._refetched_at = -math.inf
         if settings.jwt_jwks_url is not None:
             self._jwks_client = jwt.PyJWKClient(
                 settings.jwt_jwks_url,
@@ -114,14 +117,19 @@ class TokenVerifier:
             raise Unauthorized("The bearer token is invalid: it has no `kid` naming one of the CRM's keys.")
         cache = client.jwk_set_cache
         fresh = cache.get() if cache is not None else None
-        if fresh is not None and (key := _with_kid(fresh, kid)) is not None:
-            return key  # the common case: no thread, no network
         settings = self.settings
+        if fresh is not None:
+            if (key := _with_kid(fresh, kid)) is not None:
+                return key  # the common case: no thread, no network
+            if time.monotonic() - self._refetched_at < settings.jwt_jwks_refresh_cooldown_seconds:
+                raise Unauthorized(f"The bearer token is invalid: no key of the CRM has kid {kid!r}.")
         try:
             async with self._fetch_lock:
                 if time.monotonic() - self._fetch_failed_at < settings.jwt_jwks_refresh_cooldown_seconds:
                     raise TimeoutError("the JWKS endpoint failed moments ago")
                 try:
+                    if fresh is not None:
+                        self._refetched_at = time.monotonic()
                     fetch = asyncio.to_thread(client.get_signing_key, kid)
                     return (await asyncio.wait_for(fetch, settings.jwt_jwks_timeout_seconds)).key
                 except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, TimeoutError):

@@ -151,7 +151,7 @@ def configured_keys(settings: Settings) -> list[EncryptionKey] | None:
             "Workflow payloads are encrypted, and no key is configured: set TICKLER_ENCRYPTION_KEYS or "
             "TICKLER_ENCRYPTION_KEY_FILE (`tickler encryption-key` prints a new entry; "
             "docs/deployment.md), or TICKLER_PAYLOAD_ENCRYPTION=false to store task titles and notes in "
-            "clear in Temporal."
+            "clear in Temporal. Against `make run`'s stack, set TICKLER_ENV=dev: it uses that stack's key."
         )
     if not keys:
         raise EncryptionConfigError(f"{source} holds no key")

@@ -10,10 +10,9 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from core.payloads import TaskState
-from core.temporal import ASSIGNEE_ID, DUE_AT, ORGANIZATION_ID, TASK_STATUS
+# Re-exported: the operations commands start workflows as web/tasks/service.py does.
+from core.temporal import task_search_attributes as task_search_attributes
 
 # What an audit can find, one kind per task at most, in this order of precedence: the first that holds
 # is reported (a task without a workflow has no due time to compare).
@@ -87,16 +86,3 @@ class MaintenanceResult(BaseModel):
     purge: PurgeSummary | None = None
     # Why a step failed (the run fails after the other step has run).
     errors: list[str] = Field(default_factory=list)
-
-
-def task_search_attributes(state: TaskState) -> TypedSearchAttributes:
-    """The search attributes a task's workflow starts with; the workflow upserts status and due time."""
-    # web/tasks/service.py builds the same list for a create: both belong in core/temporal.py.
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(ORGANIZATION_ID, state.organization_id),
-            SearchAttributePair(ASSIGNEE_ID, state.assignee_id),
-            SearchAttributePair(TASK_STATUS, state.status),
-            SearchAttributePair(DUE_AT, state.due_at),
-        ]
-    )

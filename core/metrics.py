@@ -23,6 +23,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from core.watchdog import stop_serving
+
 log = logging.getLogger(__name__)
 
 # Seconds: a request answers in milliseconds; one that takes seconds waited on a dependency's timeout.
@@ -33,6 +35,8 @@ UNMATCHED = "unmatched"
 # Why a stream was ended by the server before its client left: its queue overflowed (it fell behind the
 # hub), or a write waited TICKLER_SSE_WRITE_TIMEOUT_SECONDS (its client stopped reading).
 CUT_OFF_REASONS = ("overflow", "write_timeout")
+# Why the stream hub dropped a message of the Redis channel: no valid signature, or not an event.
+DROP_REASONS = ("signature", "malformed")
 # Where an event sent on a stream came from: carried whole by the hub, or read from PostgreSQL.
 EVENT_SOURCES = ("live", "replay")
 
@@ -118,6 +122,8 @@ class WebMetrics:
             self.streams_cut_off.labels(reason)
         for source in EVENT_SOURCES:
             self.stream_events_sent.labels(source)
+        for reason in DROP_REASONS:
+            self.messages_dropped.labels(reason)
 
     # -- requests ----------------------------------------------------------------------------------------
 
@@ -170,9 +176,6 @@ class MetricsServer:
 
     def close(self) -> None:
         """Stop serving; waits up to half a second for the server's thread to notice."""
-        if self._server is None or self._thread is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
+        if self._server is not None and self._thread is not None:
+            stop_serving(self._server, self._thread)
+            self._server = self._thread = None

@@ -8,13 +8,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
 from core.codec import data_converter
 from core.gcwatch import PauseRecorder
+from core.payloads import TaskState
 from core.settings import Settings
 
 # Registered by `tickler run` on the dev server and by docker-compose's temporal-setup.
@@ -34,6 +35,18 @@ SEARCH_ATTRIBUTES = {
 
 def task_workflow_id(task_id: uuid.UUID) -> str:
     return f"task-{task_id}"
+
+
+def task_search_attributes(state: TaskState) -> TypedSearchAttributes:
+    """The search attributes a task's workflow starts with; the workflow upserts status and due time."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(ORGANIZATION_ID, state.organization_id),
+            SearchAttributePair(ASSIGNEE_ID, state.assignee_id),
+            SearchAttributePair(TASK_STATUS, state.status),
+            SearchAttributePair(DUE_AT, state.due_at),
+        ]
+    )
 
 
 class TemporalConfigError(ValueError):

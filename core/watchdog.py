@@ -22,6 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import BaseServer
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -258,9 +259,14 @@ class HealthServer:
         log.info("health checks at http://%s:%d (%s)", self.host, self.port, ", ".join(self.checks))
 
     def close(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
+        if self._server is not None and self._thread is not None:
+            stop_serving(self._server, self._thread)
+            self._server = self._thread = None
+
+
+def stop_serving(server: BaseServer, thread: threading.Thread) -> None:
+    """Stop a server that ``thread`` runs with ``serve_forever`` (the health endpoint's, the web's
+    metrics endpoint's) and wait for the thread to end."""
+    server.shutdown()
+    server.server_close()
+    thread.join()

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -145,6 +145,26 @@ def _positive(text: str) -> int:
     return value
 
 
+def _up_to(maximum: int) -> Callable[[str], int]:
+    """A positive number no larger than ``maximum``: what a larger one would cost is not worth it."""
+
+    def parse(text: str) -> int:
+        value = _positive(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is more than {maximum}")
+        return value
+
+    return parse
+
+
+# A purge batch holds the row locks of what it deletes until its statement ends; a longer age than a
+# century is no retention (and overflows the cutoff's date past about 2,000 years).
+PURGE_BATCH_MAX = 10_000
+PURGE_DAYS_MAX = 36_500
+# Each replica is two more processes with their pools, on one machine: the development stack, no more.
+REPLICAS_MAX = 16
+
+
 def _instant(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -169,12 +189,15 @@ def _add_operations(commands: Any) -> None:
     purge = commands.add_parser("purge", help="delete read notifications older than the retention")
     purge.add_argument(
         "--older-than",
-        type=_positive,
+        type=_up_to(PURGE_DAYS_MAX),
         metavar="DAYS",
         help="age in days (default: TICKLER_NOTIFICATION_RETENTION_DAYS)",
     )
     purge.add_argument(
-        "--batch-size", type=_positive, default=1000, help="rows per statement (default: 1000)"
+        "--batch-size",
+        type=_up_to(PURGE_BATCH_MAX),
+        default=1000,
+        help=f"rows per statement, at most {PURGE_BATCH_MAX} (default: 1000)",
     )
     purge.set_defaults(func=_cmd_purge)
     stats = commands.add_parser(
@@ -200,12 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--replicas",
-        type=_positive,
+        type=_up_to(REPLICAS_MAX),
         default=1,
         metavar="N",
         help=(
-            "N >= 2: N workers and N web processes (on the N ports after TICKLER_WEB_PORT) behind HAProxy, "
-            "which takes TICKLER_WEB_PORT (default: 1, no proxy)"
+            f"N >= 2 (at most {REPLICAS_MAX}): N workers and N web processes (on the N ports after "
+            "TICKLER_WEB_PORT) behind HAProxy, which takes TICKLER_WEB_PORT (default: 1, no proxy)"
         ),
     )
     run.set_defaults(func=_cmd_run)

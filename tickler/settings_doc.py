@@ -19,7 +19,8 @@ HEADER = """\
 # descriptions, defaults). Each commented line shows the default. Uncomment and edit what you need, and
 # save the result as .env (git-ignored): the app reads it when run from this directory, and
 # docker compose reads it only to fill the ${...} references of docker-compose.yml
-# (TICKLER_JWT_SECRET, TICKLER_ENCRYPTION_KEYS, TICKLER_LOG_LEVEL, POSTGRES_PASSWORD).
+# (TICKLER_JWT_ISSUER, TICKLER_JWT_AUDIENCE, TICKLER_LOG_LEVEL, IMAGE_TAG); its secrets are files
+# (deploy/make-secrets.sh, docs/deployment.md).
 # A field whose default is None is shown empty: keep it commented to leave it unset, since an
 # uncommented empty value is the empty string.
 """

@@ -193,7 +193,6 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
         worker = build_worker(
             client, settings, activities, options, maintenance=MaintenanceActivities(operations)
         )
-        await ensure_schedule_at_start(client, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -229,7 +228,10 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
             )
             if options.gc_between_deliveries:
                 log.info("full garbage collections run between deliveries (decisions 15)")
+            # Beside the polling, not before it: a slow Temporal must not hold back the deliveries.
+            setup = asyncio.create_task(ensure_schedule_at_start(client, settings))
             await stop.wait()
+            setup.cancel()
             log.info("worker stopping")
     finally:
         rules.close()

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Quart, Response, g, request
@@ -47,6 +47,8 @@ class AccessRecord:
     user_id: str | None = None
     stream: bool = False
     stream_end: str | None = None
+    # time.perf_counter() when the request arrived.
+    started: float = field(default_factory=time.perf_counter)
 
 
 _current: ContextVar[AccessRecord | None] = ContextVar("tickler_access_record", default=None)
@@ -61,6 +63,11 @@ def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
                 return text
             break
     return uuid.uuid4().hex
+
+
+def current_record() -> AccessRecord | None:
+    """The record of the request served now (None outside one)."""
+    return _current.get()
 
 
 def current_request_id() -> str | None:
@@ -103,7 +110,6 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         record = AccessRecord(request_id_from(scope["headers"]), scope["method"], scope["path"])
-        started = time.perf_counter()
         token = _current.set(record)
         try:
             # Quart starts the request's tasks from here: they all see the record and the bound id. The
@@ -113,12 +119,12 @@ class AccessLog:
                 await self.app(scope, receive, send)
         finally:
             _current.reset(token)
-            with bound(request_id=record.id):
-                _log(record, time.perf_counter() - started)
+            _log(record, time.perf_counter() - record.started)
 
 
 def _log(record: AccessRecord, seconds: float) -> None:
     fields: dict[str, object] = {
+        "request_id": record.id,
         "method": record.method,
         "route": record.route,
         "path": record.path,

@@ -79,13 +79,15 @@ async def test_a_block_is_logged_with_its_stack_counted_and_unhealthy_while_it_l
         assert THRESHOLD <= seconds < 5  # measured from the beat that was due when the block began
         assert watchdog.blocked_seconds == seconds
 
-    [stuck, ran_again] = [r.getMessage() for r in caplog.records if r.name == "core.watchdog"]
+    # This watchdog's two lines. Another one may log meanwhile in a full run (a session fixture's, whose
+    # loop does not run while this test's does), so they are picked by what they say, not counted.
+    messages = [r.getMessage() for r in caplog.records if r.name == "core.watchdog"]
+    [stuck] = [m for m in messages if "in block_the_loop_until" in m]  # the stack names the blocker
     assert stuck.startswith("event loop blocked for ")
     assert "its thread is at:" in stuck
-    assert "in block_the_loop_until" in stuck  # the stack names the function holding the loop
     assert "time.sleep(0.01)" in stuck
-    assert ran_again.startswith("event loop ran again after a block of ")
-    assert "could not run" not in ran_again
+    # Seen by the watchdog's thread while it lasted, so without "could not run".
+    assert f"event loop ran again after a block of {seconds:.2f} s" in messages
 
 
 async def test_short_pauses_are_not_blocks(caplog: pytest.LogCaptureFixture) -> None:

@@ -5,12 +5,10 @@ proxy, which has taken the dead one out, and replays what it missed with Last-Ev
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from pydantic import SecretStr
 
 from core.settings import Settings
-from tests.helpers import bearer, open_stream, wait_until
+from tests.helpers import accepts, bearer, open_stream, wait_until
 from tickler import devstack
+from tickler.devstack import run_process
 from tickler.devstack.process import log_tail
 from tickler.devstack.proxy import Backend, check_config, render_config
 
@@ -77,40 +75,28 @@ class Topology:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self) -> subprocess.Popen[bytes]:
-        with self.log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tickler", "run", "--replicas", str(REPLICAS)],
-                env=self.env,
-                # Not the project root: a developer's .env there must not leak into the test.
-                cwd=self.data_dir.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = run_process.launch(
+            ["run", "--replicas", str(REPLICAS)], self.env, self.data_dir, self.log_path
+        )
         self.launched.append(proc)
         return proc
 
     def web_pid(self, port: int) -> int:
-        """The pid of the web process on ``port``, found by the environment `tickler run` gave it."""
         [proc] = self.launched
-        for child in psutil.Process(proc.pid).children():
-            with contextlib.suppress(psutil.Error):
-                if "web" in child.cmdline() and child.environ().get("TICKLER_WEB_PORT") == str(port):
-                    return child.pid
-        raise AssertionError(f"no web process on port {port}")
+        pid = run_process.web_pid(proc, port)
+        assert pid is not None, f"no web process on port {port}"
+        return pid
 
 
 @pytest.fixture
 def topology(tmp_path: Path, haproxy: str) -> Iterator[Topology]:
     data_dir = tmp_path / "data"
-    # Nothing of the caller's TICKLER_* variables: each would count as configured, or move a port.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+    env = run_process.clean_environ()
     # `tickler run` looks for haproxy on PATH: the one found here, wherever it is.
     env["PATH"] = os.pathsep.join([str(Path(haproxy).parent), env.get("PATH", "")])
-    port = _free_ports(REPLICAS + 1)
+    port = run_process.free_ports(REPLICAS + 1)
     # Web process n serves its metrics on the first + 2(n - 1), worker n on the port above.
-    metrics = _free_ports(2 * REPLICAS)
+    metrics = run_process.free_ports(2 * REPLICAS)
     env.update(
         PYTHONUNBUFFERED="1",
         TICKLER_DATA_DIR=str(data_dir),
@@ -133,32 +119,6 @@ def topology(tmp_path: Path, haproxy: str) -> Iterator[Topology]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports: the proxy's, then one per web process."""
-    for _ in range(100):
-        first = devstack.free_port()
-        if first + count <= 65536 and all(_bindable(p) for p in range(first + 1, first + count)):
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 async def _exports(client: httpx.AsyncClient, port: int, name: str) -> bool:
@@ -291,7 +251,7 @@ async def test_a_killed_web_process_loses_its_stream_nothing(topology: Topology)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(STOP_TIMEOUT) == 0
         for port in [topology.port, *topology.web_ports]:
-            assert not _accepts(port), f"port {port} still accepts after `tickler run` exited"
+            assert not accepts(port), f"port {port} still accepts after `tickler run` exited"
     except BaseException:
         print(log_tail(topology.log_path, 6000), log_tail(topology.data_dir / "haproxy.log", 3000))
         raise
@@ -302,10 +262,14 @@ async def test_a_killed_web_process_loses_its_stream_nothing(topology: Topology)
 
 
 def test_without_haproxy_it_says_how_to_install_it(tmp_path: Path) -> None:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+    env = run_process.clean_environ()
     empty = tmp_path / "bin"
     empty.mkdir()
-    env.update(PATH=str(empty), TICKLER_DATA_DIR=str(tmp_path / "data"), TICKLER_WEB_PORT=str(_free_ports(3)))
+    env.update(
+        PATH=str(empty),
+        TICKLER_DATA_DIR=str(tmp_path / "data"),
+        TICKLER_WEB_PORT=str(run_process.free_ports(3)),
+    )
     result = subprocess.run(
         [sys.executable, "-m", "tickler", "run", "--replicas", "2"],
         env=env,

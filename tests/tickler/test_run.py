@@ -10,9 +10,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -31,7 +29,8 @@ from pydantic import SecretStr
 
 from core.auth import mint_token, verify_token
 from core.settings import Settings
-from tickler.devstack import free_port
+from tests.helpers import accepts
+from tickler.devstack import free_port, run_process
 from tickler.devstack.process import log_tail
 
 SECRET = "test-secret-of-at-least-thirty-two-bytes"
@@ -62,17 +61,7 @@ class Stack:
     def start(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
             log.write(f"\n=== {datetime.now(UTC).isoformat()} tickler run\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tickler", "run"],
-                env=self.env,
-                # Not the project root: a developer's .env there must not leak into the test.
-                cwd=self.data_dir.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = run_process.launch(["run"], self.env, self.data_dir, self.log_path)
         self.launched.append(proc)
         return proc
 
@@ -87,8 +76,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         name: free_port()
         for name in ("web", "postgres", "redis", "temporal", "temporal_ui", "web_metrics", "worker_metrics")
     }
-    # Nothing of the caller's TICKLER_* variables: each would count as configured, or move a port.
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+    env = run_process.clean_environ()
     env.update(
         PYTHONUNBUFFERED="1",
         TICKLER_DATA_DIR=str(data_dir),
@@ -108,13 +96,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     yield stack
     # A failed test must not leave a stack behind.
     for proc in stack.launched:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        run_process.stop(proc, STOP_TIMEOUT)
     for process in _of_stack(stack):
         with contextlib.suppress(psutil.Error):
             process.kill()
@@ -122,14 +104,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 def _settings() -> Settings:
     return Settings(jwt_secret=SecretStr(SECRET), jwt_issuer=None, jwt_audience=None)
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def _wait_for(what: str, check: Callable[[], bool], within: float, proc: subprocess.Popen[bytes]) -> None:
@@ -181,7 +155,7 @@ def leftovers(stack: Stack, descendants: list[psutil.Process]) -> list[str]:
     left = {p.pid: _describe(p) for p in descendants if _alive(p)}
     left.update((p.pid, _describe(p)) for p in _of_stack(stack))
     return [*left.values()] + [
-        f"port {name} {port} accepts" for name, port in stack.ports.items() if _accepts(port)
+        f"port {name} {port} accepts" for name, port in stack.ports.items() if accepts(port)
     ]
 
 
@@ -404,7 +378,7 @@ def test_a_killed_run_takes_its_children_along(stack: Stack) -> None:
 
 
 def test_token_prints_a_jwt_the_api_accepts(tmp_path: Path) -> None:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TICKLER_")}
+    env = run_process.clean_environ()
     env["TICKLER_JWT_SECRET"] = SECRET
     result = subprocess.run(
         [sys.executable, "-m", "tickler", "token", "--user", "7", "--org", "42"],

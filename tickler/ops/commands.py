@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel
+
 from core.maintenance import FindingKind
 from core.settings import Settings
 from tickler.ops.audit import Auditor, Finding, summary_of
@@ -39,6 +41,25 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
+class _JsonList:
+    """A JSON object whose list ``key`` is printed item by item as they come, then its other members:
+    an audit of a million findings holds none of them in memory."""
+
+    def __init__(self, key: str) -> None:
+        self.empty = True
+        print(f"{{{json.dumps(key)}: [", end="", flush=True)
+
+    def add(self, item: BaseModel) -> None:
+        print(("\n  " if self.empty else ",\n  ") + item.model_dump_json(), end="", flush=True)
+        self.empty = False
+
+    def close(self, members: dict[str, Any]) -> None:
+        rest = "".join(
+            f",\n{json.dumps(k)}: {json.dumps(v, indent=2, default=str)}" for k, v in members.items()
+        )
+        print(("]" if self.empty else "\n]") + rest + "}")
+
+
 def _counts(counts: Counter[FindingKind]) -> str:
     return ", ".join(f"{kind} {count}" for kind, count in counts.most_common())
 
@@ -48,22 +69,17 @@ async def audit(settings: Settings, organization_id: str | None, as_json: bool) 
         started = time.monotonic()
         async with connected(settings) as clients:
             auditor = Auditor(clients.sessionmaker, clients.temporal, settings)
-            found: list[Finding] = []
+            found = _JsonList("findings") if as_json else None
             counts: Counter[FindingKind] = Counter()
             async for finding in auditor.findings(organization_id):
                 counts[finding.kind] += 1
-                if as_json:
-                    found.append(finding)
+                if found is not None:
+                    found.add(finding)
                 else:
                     print(_finding_line(finding), flush=True)
             summary = summary_of(counts, auditor, started)
-        if as_json:
-            _print_json(
-                {
-                    "summary": summary.model_dump(mode="json"),
-                    "findings": [finding.model_dump(mode="json") for finding in found],
-                }
-            )
+        if found is not None:
+            found.close({"summary": summary.model_dump(mode="json")})
         else:
             scope = f"{summary.open_tasks} open tasks, {summary.running_workflows} running workflows"
             if counts:
@@ -82,7 +98,7 @@ def _finding_line(finding: Finding) -> str:
 async def repair(settings: Settings, organization_id: str | None, dry_run: bool, as_json: bool) -> int:
     async def run() -> int:
         started = time.monotonic()
-        outcomes: list[Outcome] = []
+        outcomes = _JsonList("outcomes") if as_json else None
         counts: Counter[FindingKind] = Counter()
         failed = 0
 
@@ -90,8 +106,8 @@ async def repair(settings: Settings, organization_id: str | None, dry_run: bool,
             nonlocal failed
             counts[outcome.finding.kind] += 1
             failed += not dry_run and not outcome.repaired
-            if as_json:
-                outcomes.append(outcome)
+            if outcomes is not None:
+                outcomes.add(outcome)
                 return
             label = "would" if dry_run else ("repaired" if outcome.repaired else "FAILED")
             line = f"{label:<9}{_finding_line(outcome.finding)}\n{'':<9}-> {outcome.action}"
@@ -108,13 +124,9 @@ async def repair(settings: Settings, organization_id: str | None, dry_run: bool,
                 dry_run=dry_run,
             )
             summary = summary_of(counts, auditor, started)
-        if as_json:
-            _print_json(
-                {
-                    "dry_run": dry_run,
-                    "summary": summary.model_dump(mode="json") | {"failed": failed},
-                    "outcomes": [o.model_dump(mode="json") for o in outcomes],
-                }
+        if outcomes is not None:
+            outcomes.close(
+                {"dry_run": dry_run, "summary": summary.model_dump(mode="json") | {"failed": failed}}
             )
         elif not counts:
             scope = f"{summary.open_tasks} open tasks, {summary.running_workflows} running workflows"

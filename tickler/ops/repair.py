@@ -28,7 +28,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.logs import task_fields
-from core.maintenance import task_search_attributes
 from core.models import Notification, Task, state_of
 from core.payloads import (
     CHANGE_CONFLICTS,
@@ -41,6 +40,7 @@ from core.payloads import (
     TaskWorkflowInput,
 )
 from core.settings import Settings
+from core.temporal import task_search_attributes
 from tickler.ops.audit import Finding
 
 log = logging.getLogger(__name__)
@@ -198,15 +198,10 @@ class Repairer:
         start: WithStartWorkflowOperation[Any, TaskState] = WithStartWorkflowOperation(
             TASK_WORKFLOW,
             TaskWorkflowInput(state=state, version=WORKFLOW_VERSION),
-            id=finding.workflow_id,
-            task_queue=self.settings.temporal_task_queue,
-            # A run that runs already (started meanwhile) is joined, not doubled. A closed run's id may
-            # be used again only if that run did not complete (terminated, failed, timed out): a task
-            # that completed is never reopened.
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            # A closed run's id may be used again only if that run did not complete (terminated, failed,
+            # timed out): a task that completed is never reopened.
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-            search_attributes=task_search_attributes(state),
-            result_type=TaskState,
+            **self._start_options(finding, state),
         )
         saved = await self._in_time(
             self.temporal.execute_update_with_start_workflow(
@@ -233,16 +228,23 @@ class Repairer:
         handle = await self.temporal.start_workflow(
             TASK_WORKFLOW,
             TaskWorkflowInput(state=state, version=WORKFLOW_VERSION),
-            id=finding.workflow_id,
-            task_queue=self.settings.temporal_task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             # The run ends as soon as it has saved: it cannot arm anything.
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=task_search_attributes(state),
-            result_type=TaskState,
+            **self._start_options(finding, state),
         )
         saved = await self._in_time(handle.result())
         return f"the row was saved {saved.status} from its workflow's last result"
+
+    def _start_options(self, finding: Finding, state: TaskState) -> dict[str, Any]:
+        """How both repairs that start a task's workflow again start it, but for the reuse of its id: a
+        run that runs already (started meanwhile) is joined, not doubled."""
+        return {
+            "id": finding.workflow_id,
+            "task_queue": self.settings.temporal_task_queue,
+            "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+            "search_attributes": task_search_attributes(state),
+            "result_type": TaskState,
+        }
 
     async def _close(self, finding: Finding) -> str:
         action = "complete" if finding.row_status == "done" else "cancel"

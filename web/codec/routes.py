@@ -14,13 +14,14 @@ The routes are left out of the OpenAPI document: they are Temporal's protocol, n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from google.protobuf import json_format
 from quart import Blueprint, Response, request
 from quart_schema import hide
 from temporalio.api.common.v1 import Payload, Payloads
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from core.auth import Operator
 from core.codec import PayloadDecryptionError
@@ -36,6 +37,9 @@ blueprint = Blueprint("codec", __name__, url_prefix="/codec")
 # user's access token.
 ALLOWED_HEADERS = "authorization, content-type, x-namespace"
 PREFLIGHT_MAX_AGE = "600"
+# Most payloads in one call, far more than one history event holds; a body of MAX_CONTENT_LENGTH holds
+# thousands of empty ones, each to be encrypted and answered in a JSON object of its own.
+MAX_PAYLOADS = 1000
 
 
 def _origin_allowed() -> bool:
@@ -72,12 +76,17 @@ async def _payloads() -> list[Payload]:
         raise UnsupportedMediaType("Send the payloads as JSON, with Content-Type: application/json.")
     body = await request.get_data(as_text=False)
     try:
-        return list(json_format.Parse(body, Payloads()).payloads)
+        # In a thread, as the answer's serialization is: protobuf's JSON is slow on a body of many small
+        # payloads, and on the loop it would stall every stream of this process.
+        payloads = (await asyncio.to_thread(json_format.Parse, body, Payloads())).payloads
     except (json_format.ParseError, UnicodeDecodeError) as exc:
         raise BadRequest(
             'Send the protobuf JSON of Temporal\'s Payloads: {"payloads": [{"metadata": {...}, '
             f'"data": "<base64>"}}]}} ({exc}).'
         ) from exc
+    if len(payloads) > MAX_PAYLOADS:
+        raise RequestEntityTooLarge(f"Send at most {MAX_PAYLOADS} payloads at a time, not {len(payloads)}.")
+    return list(payloads)
 
 
 async def _convert(action: str) -> Response:
@@ -92,7 +101,7 @@ async def _convert(action: str) -> Response:
             raise Unprocessable(f"A payload cannot be decoded: {exc}.") from exc
     # Who read what: decrypting is the one thing here an audit wants to see.
     log.info("codec %s of %d payloads for operator %s", action, len(payloads), operator.subject)
-    body = json_format.MessageToJson(Payloads(payloads=converted))
+    body = await asyncio.to_thread(json_format.MessageToJson, Payloads(payloads=converted))
     return Response(body, status=200, content_type="application/json")
 
 

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -21,7 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from core.metrics import WebMetrics
+from core.metrics import DROP_REASONS, WebMetrics
 from core.payloads import NotificationEvent
 from core.pubsub import Channel
 
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_MAX = 5.0
 SUBSCRIBE_TIMEOUT = 10.0
+# Dropped messages are counted one by one, logged at most this often: whoever can flood the channel with
+# forged messages must not flood every web process's log too.
+DROP_LOG_SECONDS = 60.0
 
 
 class Control(enum.Enum):
@@ -76,6 +81,9 @@ class StreamHub:
         self.queue_size = queue_size
         self.metrics = metrics or WebMetrics()
         self._cut_off = self.metrics.streams_cut_off.labels("overflow").inc
+        self._dropped = {reason: self.metrics.messages_dropped.labels(reason) for reason in DROP_REASONS}
+        self._drops_unlogged = dict.fromkeys(DROP_REASONS, 0)
+        self._drop_logged_at = -math.inf
         self.subscriptions: defaultdict[Audience, set[Subscription]] = defaultdict(set)
         self.subscribed = asyncio.Event()
         self.closing = False
@@ -133,17 +141,26 @@ class StreamHub:
     def dispatch(self, raw: bytes | str) -> None:
         body = self.channel.verified_body(raw)
         if body is None:
-            log.warning("dropped a message on %s without a valid signature", self.channel.name)
-            self.metrics.messages_dropped.labels("signature").inc()
+            self._drop("signature")
             return
         try:
             event = NotificationEvent.model_validate_json(body)
         except ValidationError:
-            log.warning("dropped a malformed message on %s", self.channel.name)
-            self.metrics.messages_dropped.labels("malformed").inc()
+            self._drop("malformed")
             return
         for sub in tuple(self.subscriptions.get((event.organization_id, event.user_id), ())):
             sub.offer(event)
+
+    def _drop(self, reason: str) -> None:
+        self._dropped[reason].inc()
+        self._drops_unlogged[reason] += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at < DROP_LOG_SECONDS:
+            return
+        self._drop_logged_at = now
+        counts = ", ".join(f"{n} {why}" for why, n in self._drops_unlogged.items() if n)
+        log.warning("dropped messages on %s (no valid signature or malformed): %s", self.channel.name, counts)
+        self._drops_unlogged = dict.fromkeys(DROP_REASONS, 0)
 
     # -- the subscription ------------------------------------------------------------------------------
 

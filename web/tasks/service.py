@@ -29,8 +29,6 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
@@ -55,7 +53,7 @@ from core.payloads import (
     TaskWorkflowInput,
 )
 from core.recurrence import RuleUnusable, RunnerBusy
-from core.temporal import ASSIGNEE_ID, DUE_AT, ORGANIZATION_ID, TASK_STATUS, task_workflow_id
+from core.temporal import task_search_attributes, task_workflow_id
 from web.resources import Resources
 from web.tasks.schemas import TaskCreate, TaskQuery
 
@@ -65,17 +63,6 @@ T = TypeVar("T")
 
 # Idempotency keys map to task ids in a namespace of their own.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c7a4e-4a57-4bd7-9c55-3f8a3c0d9e21")
-
-
-def _search_attributes(state: TaskState) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(ORGANIZATION_ID, state.organization_id),
-            SearchAttributePair(ASSIGNEE_ID, state.assignee_id),
-            SearchAttributePair(TASK_STATUS, state.status),
-            SearchAttributePair(DUE_AT, state.due_at),
-        ]
-    )
 
 
 async def _confirmed(
@@ -202,7 +189,7 @@ async def create_task(
         # reused, so one task id can never have two workflows.
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=_search_attributes(state),
+        search_attributes=task_search_attributes(state),
         result_type=TaskState,
     )
     try:
