@@ -18,7 +18,7 @@ from temporalio import activity
 from temporalio.common import MetricMeter
 from temporalio.exceptions import ApplicationError
 
-from core.db import tenant_transaction
+from core.db import organization_signer, tenant_transaction
 from core.gcwatch import Deliveries
 from core.logs import task_fields
 from core.models import Task, notification_message, task_row
@@ -50,11 +50,13 @@ _UPSERT_TASK = (stmt := insert(tasks)).on_conflict_do_update(
     where=tasks.c.version < stmt.excluded.version,
 )
 
-# A reminder's whole write, in one round trip outside an explicit transaction: the organization, the
-# task by id AND organization, the lock of its assignee's notifications, the occurrence's one row and
-# the id of the user's row before it (migrations/versions/2026_11_28_deliver_function.py says how).
+# A reminder's whole write, in one round trip outside an explicit transaction: the organization (signed,
+# core/db.py), the task by id AND organization, the lock of its assignee's notifications, the
+# occurrence's one row and the id of the user's row before it (migrations/versions/
+# 2026_11_28_deliver_function.py says how; 2026_11_30_signed_organization.py added the signature).
 _DELIVER = text(
-    "SELECT * FROM deliver_notification(:task_id, :organization_id, :dedupe_key, :offset_seconds, :due_at)"
+    "SELECT * FROM deliver_notification("
+    ":task_id, :organization_id, :signature, :dedupe_key, :offset_seconds, :due_at)"
 )
 
 
@@ -112,6 +114,7 @@ class TaskActivities:
         # Deliveries call one function and need no transaction of their own (no BEGIN, no COMMIT).
         engine: AsyncEngine = sessionmaker.kw["bind"]
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.signer = organization_signer(engine)
         self.redis = redis
         self.channel = channel
         # Recurrence rules are user data: they run in child processes, killed at their time budget.
@@ -161,6 +164,7 @@ class TaskActivities:
                     {
                         "task_id": input.task_id,
                         "organization_id": input.organization_id,
+                        "signature": self.signer.sign(input.organization_id),
                         "dedupe_key": input.dedupe_key,
                         "offset_seconds": input.offset_seconds,
                         "due_at": input.due_at,

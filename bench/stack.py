@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import psutil
 
+from core.db import organization_keys
 from core.settings import Settings
 from tickler import devstack
 from tickler.migrate import upgrade
@@ -70,7 +71,7 @@ class Stack:
             self.data_dir, devstack.free_port(), None, self.temporal_config
         )
         self.temporal_address = self.servers["temporal"].address
-        upgrade(self.database_url)
+        upgrade(self.database_url, organization_keys=organization_keys(self.tickler_settings()))
 
     @property
     def superuser_dsn(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -23,6 +24,7 @@ import psutil
 from pydantic import SecretStr
 
 from core.auth import mint_token
+from core.db import OrganizationSigner
 from core.settings import Settings
 from tickler import devstack
 from tickler.devstack import run_process
@@ -100,6 +102,8 @@ class Stack:
             # No maintenance Schedule: its audit would be one more load on the faults' figures.
             TICKLER_MAINTENANCE_INTERVAL_SECONDS="0",
             TICKLER_JWT_SECRET=SECRET,
+            # Its own, so that the suite can sign its reads of the notifications (notification_counts).
+            TICKLER_ORGANIZATION_KEYS=secrets.token_urlsafe(32),
             TICKLER_LOG_LEVEL="INFO",
             TICKLER_SSE_HEARTBEAT_SECONDS=str(HEARTBEAT_SECONDS),
             TICKLER_SSE_WRITE_TIMEOUT_SECONDS=str(WRITE_TIMEOUT_SECONDS),
@@ -136,6 +140,11 @@ class Stack:
     @property
     def log_path(self) -> Path:
         return self.data_dir.parent / "tickler-run.log"
+
+    @property
+    def signer(self) -> OrganizationSigner:
+        keys = SecretStr(self.env["TICKLER_ORGANIZATION_KEYS"])
+        return OrganizationSigner(self.settings.model_copy(update={"organization_keys": keys}))
 
     @property
     def database_dsn(self) -> str:
@@ -281,7 +290,7 @@ class Stack:
         conn = await asyncpg.connect(self.database_dsn, timeout=10)
         try:
             async with conn.transaction():
-                await conn.execute("SELECT set_config('tickler.organization_id', $1, true)", org)
+                await conn.execute("SELECT tickler_enter($1, $2)", org, self.signer.sign(org))
                 rows = await conn.fetch(
                     "SELECT task_id::text AS task_id, count(*) AS n FROM notifications "
                     "WHERE task_id::text = ANY($1::text[]) GROUP BY task_id",

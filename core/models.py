@@ -1,4 +1,5 @@
-"""ORM models of the two tables. Migrations under migrations/ are the schema's source of truth."""
+"""ORM models of the two tables, and the owner's table of organization keys. Migrations under migrations/
+are the schema's source of truth."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any, Protocol
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     DateTime,
     ForeignKey,
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    Table,
     Text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
@@ -138,6 +142,18 @@ class Notification(Base):
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# The keys row-level security accepts organization signatures under, as HMAC-SHA256 padded keys
+# (core/db.py, key_pads); the schema owner's alone: no role of the app may read it. `tickler migrate`
+# writes it (tickler/migrate.py).
+organization_keys_table = Table(
+    "tickler_organization_keys",
+    Base.metadata,
+    Column("inner_pad", LargeBinary, primary_key=True),
+    Column("outer_pad", LargeBinary, nullable=False),
+    Column("installed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
 
 
 class NotificationFields(Protocol):

@@ -9,18 +9,14 @@ hubs hold and Redis never sees; a hub drops a message whose signature does not m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
-import secrets
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from redis.asyncio import Redis
 
 from core.payloads import NotificationEvent
-from core.settings import DEV_ENV, Settings
+from core.settings import DEV_ENV, Settings, dev_secret
 
 # What `tickler run` (TICKLER_ENV=dev) keeps in TICKLER_DATA_DIR when TICKLER_CHANNEL_KEY is unset.
 DEV_CHANNEL_KEY_FILE = "channel.key"
@@ -92,26 +88,9 @@ def channel_key(settings: Settings) -> bytes:
     if settings.channel_key is not None:
         return settings.channel_key.get_secret_value().encode()
     if settings.env == DEV_ENV:
-        return _dev_key(settings.data_dir / DEV_CHANNEL_KEY_FILE)
+        return dev_secret(settings.data_dir / DEV_CHANNEL_KEY_FILE)
     raise ChannelConfigError(
         "TICKLER_CHANNEL_KEY is not set: the worker signs what it publishes on Redis with it, and the web "
         "processes drop what it does not sign. Give the worker and every web process the same random "
         "value of 32 bytes or more (`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
     )
-
-
-def _dev_key(path: Path) -> bytes:
-    """The key in ``path``, made (0600) if need be; the first of several racing processes wins."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(32))
-            # link() fails if the file exists by now: the first writer wins, the others read its key.
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path.read_text().strip().encode()

@@ -13,8 +13,11 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+
+from core.db import organization_signer
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,11 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 0.8
 
 Check = Callable[[], Awaitable[None]]
+
+# An organization no tenant has: the readiness check enters it to prove the database accepts the signature.
+PROBE = "-readiness-probe-"
+_ENTER = text("SELECT tickler_enter(:organization, :signature)")
+INSUFFICIENT_PRIVILEGE = "42501"
 
 
 class Down(Exception):
@@ -48,9 +56,22 @@ async def _within_timeout(name: str, check: Check) -> str | None:
 
 
 def postgresql(engine: AsyncEngine) -> Check:
+    """The database answers, and accepts this process's organization signatures (core/db.py): a key that
+    `tickler migrate` did not install would otherwise show every organization empty."""
+    signer = organization_signer(engine)
+
     async def check() -> None:
         async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+            try:
+                await connection.execute(_ENTER, {"organization": PROBE, "signature": signer.sign(PROBE)})
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+                    raise Down(
+                        "the database refuses this process's TICKLER_ORGANIZATION_KEYS: run `tickler "
+                        "migrate` with them"
+                    ) from exc
+                raise
+            await connection.rollback()
 
     return check
 

@@ -6,7 +6,9 @@ sets each address. Read it once per process with :func:`get_settings`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -130,6 +132,17 @@ class Settings(BaseSettings):
         description=(
             "Role the app's sessions take at connect; row-level security applies to it (empty: the login's "
             "own). The login must not be able to take the owner's role instead."
+        ),
+    )
+    organization_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "Secrets (32 characters or more each, comma-separated, newest first) with which the web and "
+            "the worker sign the organization each transaction names to PostgreSQL; row-level security "
+            "shows no row to a transaction whose signature does not match, so SQL run by the app's login "
+            "cannot name another organization. The first signs; `tickler migrate` installs every one in "
+            "the database. Unset: with TICKLER_ENV=dev one is generated into "
+            "TICKLER_DATA_DIR/organization.key, any other env refuses to start."
         ),
     )
     database_pool_size: int = Field(10, ge=1, description="Connections per process in the pool.")
@@ -521,3 +534,21 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def dev_secret(path: Path) -> bytes:
+    """A development stack's generated secret: the one in ``path``, made (0600) if need be. Safe when
+    several processes race: the file appears whole, once, and every one of them reads the same secret."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+            # link() fails if the file exists by now: the first writer wins, the others read its secret.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text().strip().encode()

@@ -32,6 +32,8 @@ new tickler_redis_url "redis://:$(cat "$dir/redis_password")@redis:6379/0"
 new tickler_jwt_secret "$(openssl rand -hex 32)"
 # Signs the notifications the worker publishes on Redis (TICKLER_CHANNEL_KEY).
 new tickler_channel_key "$(openssl rand -hex 32)"
+# Signs each transaction's organization for row-level security (TICKLER_ORGANIZATION_KEYS), newest first.
+new tickler_organization_keys "$(openssl rand -hex 32)"
 # Payload encryption keys, one `kid:base64` per line, newest first (TICKLER_ENCRYPTION_KEY_FILE).
 new tickler_encryption_keys "k$(date +%Y%m%d):$(openssl rand -base64 32)"
 if [ ! -e "$dir/tls_pem" ]; then

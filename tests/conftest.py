@@ -23,7 +23,7 @@ from temporalio.worker import Worker
 
 from activities.tasks import TaskActivities
 from core.codec import EncryptionKey
-from core.db import make_engine, make_sessionmaker
+from core.db import make_engine, make_sessionmaker, organization_keys
 from core.pubsub import Channel, make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings
@@ -101,9 +101,10 @@ def settings(servers: Servers) -> Settings:
         encryption_keys=SecretStr(TEST_ENCRYPTION_KEY.entry()),
         # Fresh each session, as the payload key is.
         channel_key=SecretStr(secrets.token_urlsafe(32)),
+        organization_keys=SecretStr(secrets.token_urlsafe(32)),
     )
     # The suite builds its schema with the migrations, so they are tested too.
-    upgrade(settings.migration_url())
+    upgrade(settings.migration_url(), organization_keys=organization_keys(settings))
     return settings
 
 

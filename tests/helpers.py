@@ -276,6 +276,7 @@ def command_env(settings: Settings, **extra: str) -> dict[str, str]:
     ]
     names += ["temporal_address", "temporal_namespace"]
     names += ["temporal_task_queue", "jwt_secret", "encryption_keys", "channel_key", "env"]
+    names += ["organization_keys"]
     for name in names:
         value = getattr(settings, name, None)
         if value is not None:

@@ -320,11 +320,14 @@ def test_app_environment_is_production_and_points_at_the_stack(
         "set TICKLER_ENV to something other than `dev` (e.g. production) in x-tickler-env, "
         "or `tickler web` accepts the development JWT secret"
     )
-    for var in ("TICKLER_JWT_SECRET", "TICKLER_DATABASE_URL", "TICKLER_REDIS_URL", "TICKLER_ENCRYPTION_KEYS"):
+    # Each secret the app refuses to start without in production, as a file: the channel's and the
+    # organizations' keys sign what another service (Redis, PostgreSQL) must not be able to forge.
+    secrets = ("JWT_SECRET", "DATABASE_URL", "REDIS_URL", "CHANNEL_KEY", "ORGANIZATION_KEYS")
+    for var in (*(f"TICKLER_{name}" for name in secrets), "TICKLER_ENCRYPTION_KEYS"):
         assert var not in first, (
             f"x-tickler-env: give {var} as a compose secret, {var}_FILE: /run/secrets/<name>"
         )
-    for var in ("TICKLER_JWT_SECRET_FILE", "TICKLER_DATABASE_URL_FILE", "TICKLER_REDIS_URL_FILE"):
+    for var in (*(f"TICKLER_{name}_FILE" for name in secrets), "TICKLER_ENCRYPTION_KEY_FILE"):
         assert str(first.get(var, "")).startswith("/run/secrets/"), (
             f"set {var}: /run/secrets/<name> in x-tickler-env, the file of a compose secret"
         )

@@ -31,6 +31,7 @@ def _refuse_unusable_temporal_settings(settings: Settings) -> None:
     """Missing or malformed encryption keys, an unreadable TLS file, no channel key: one line at start,
     not a traceback from the first call to Temporal or the first publication."""
     from core.codec import EncryptionConfigError, configured_keys
+    from core.db import OrganizationKeyError, organization_keys
     from core.pubsub import ChannelConfigError, channel_key
     from core.temporal import TemporalConfigError, tls_config
 
@@ -38,7 +39,8 @@ def _refuse_unusable_temporal_settings(settings: Settings) -> None:
         configured_keys(settings)
         tls_config(settings)
         channel_key(settings)
-    except (EncryptionConfigError, TemporalConfigError, ChannelConfigError) as exc:
+        organization_keys(settings)
+    except (EncryptionConfigError, TemporalConfigError, ChannelConfigError, OrganizationKeyError) as exc:
         sys.exit(str(exc))
 
 
@@ -78,9 +80,14 @@ def _cmd_web(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from core.db import OrganizationKeyError, organization_keys
     from tickler.migrate import upgrade
 
-    upgrade(settings.migration_url(), args.revision)
+    try:
+        keys = organization_keys(settings)
+    except OrganizationKeyError as exc:
+        sys.exit(str(exc))
+    upgrade(settings.migration_url(), args.revision, organization_keys=keys)
     return 0
 
 

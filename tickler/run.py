@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 from core.codec import DEV_KEY_FILE, EncryptionConfigError, configured_keys
+from core.db import OrganizationKeyError, organization_keys
 from core.settings import Settings
 from tickler import devstack
 from tickler.migrate import upgrade
@@ -174,8 +175,12 @@ def _keep_encryption_key(settings: Settings, env: dict[str, str]) -> None:
 
 
 def _migrate(settings: Settings, env: dict[str, str]) -> None:
+    try:
+        keys = organization_keys(settings)
+    except OrganizationKeyError as exc:
+        raise _Failed(str(exc)) from None
     log.info("applying migrations")
-    upgrade(env.get("TICKLER_MIGRATION_DATABASE_URL", settings.migration_url()))
+    upgrade(env.get("TICKLER_MIGRATION_DATABASE_URL", settings.migration_url()), organization_keys=keys)
 
 
 def _start_worker_and_web(env: dict[str, str], processes: list[devstack.ManagedProcess]) -> None:

@@ -5,17 +5,24 @@ The logins are those of migrations/roles.sql, which the test servers run as prod
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from core.db import make_engine
+from core import readiness
+from core.db import make_engine, organization_keys, organization_signer, tenant_transaction
 from core.settings import Settings
 from tests.helpers import insert_notifications, new_org
+from tickler.migrate import install_organization_keys
 
 OWNS = (
     "SELECT count(*) FROM pg_class WHERE relowner = (SELECT oid FROM pg_roles WHERE rolname = {role}) "
@@ -109,3 +116,143 @@ async def test_the_owner_owns_what_the_migrations_made(engine: AsyncEngine, sett
     async with engine.connect() as connection:
         owners = set((await connection.scalars(text(MIGRATED))).all())
     assert owners == {make_url(settings.migration_url()).username}
+
+
+# -- A forged organization setting (core/db.py, migrations/versions/2026_11_30_signed_organization.py) ------
+
+COUNT_BOTH = "SELECT (SELECT count(*) FROM tasks) + (SELECT count(*) FROM notifications)"
+
+
+async def _count_as(engine: AsyncEngine, *statements: tuple[str, dict[str, object]]) -> int:
+    """Rows of both tables that one transaction of ``engine``'s login sees after ``statements``."""
+    async with engine.connect() as connection:
+        for statement, parameters in statements:
+            await connection.execute(text(statement), parameters)
+        count = await connection.scalar(text(COUNT_BOTH))
+        await connection.rollback()
+    return int(count or 0)
+
+
+async def test_a_forged_organization_setting_shows_no_row_of_that_organization(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    mine, theirs = new_org(), new_org()
+    await insert_notifications(sessionmaker, mine, "7", 1)
+    await insert_notifications(sessionmaker, theirs, "7", 3)
+    signer = organization_signer(engine)
+    enter = "SELECT tickler_enter(:org, :sig)"
+    setting = "SELECT set_config('tickler.organization_id', :org, true)"
+    # Signed, the app's way: its own organization, task and notification rows.
+    assert await _count_as(engine, (enter, {"org": theirs, "sig": signer.sign(theirs)})) == 4
+    # The organization set by hand, unsigned; then over a genuine signature of another organization.
+    assert await _count_as(engine, (setting, {"org": theirs})) == 0
+    assert (
+        await _count_as(engine, (enter, {"org": mine, "sig": signer.sign(mine)}), (setting, {"org": theirs}))
+        == 0
+    )
+    # A signature under a key the database does not hold is refused at once.
+    forged = hmac.new(secrets.token_bytes(32), theirs.encode(), hashlib.sha256).hexdigest()
+    message = await refused(engine, f"SELECT tickler_enter('{theirs}', '{forged}')")
+    assert "matches no key" in message
+    assert (
+        await _count_as(
+            engine,
+            ("SELECT set_config('tickler.organization_sig', :sig, true)", {"sig": forged}),
+            (setting, {"org": theirs}),
+        )
+        == 0
+    )
+
+
+async def test_a_forged_organization_setting_cannot_write_or_deliver_into_that_organization(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    mine, theirs = new_org(), new_org()
+    await insert_notifications(sessionmaker, theirs, "7", 1)
+    async with tenant_transaction(sessionmaker, theirs) as session:
+        task_id = await session.scalar(text("SELECT id FROM tasks"))
+    signer = organization_signer(engine)
+    insert = (
+        "INSERT INTO notifications (organization_id, user_id, task_id, dedupe_key, payload, due_at) "
+        f"VALUES ('{theirs}', '7', '{task_id}', 'forged', '{{}}', now())"
+    )
+    message = await refused(
+        engine,
+        f"SELECT tickler_enter('{mine}', '{signer.sign(mine)}')",
+        f"SELECT set_config('tickler.organization_id', '{theirs}', true)",
+        insert,
+    )
+    assert "row-level security" in message
+    # The delivery function checks the signature it is given: a key problem is an error to retry,
+    # never a task reported missing.
+    deliver = (
+        f"SELECT outcome FROM deliver_notification('{task_id}', '{theirs}', '{signer.sign(mine)}', "
+        "'forged-delivery', 0, now())"
+    )
+    assert "matches no key" in await refused(engine, deliver)
+
+
+async def test_the_app_login_cannot_read_the_organization_keys(engine: AsyncEngine) -> None:
+    assert "permission denied" in await refused(engine, "SELECT * FROM tickler_organization_keys")
+    assert "permission denied" in await refused(
+        engine, "SET ROLE NONE", "SELECT * FROM tickler_organization_keys"
+    )
+    # Its function's text names the table, never a key (pg_proc is readable by all).
+    async with engine.connect() as connection:
+        source = await connection.scalar(
+            text("SELECT prosrc FROM pg_proc WHERE proname = 'tickler_organization'")
+        )
+    assert "tickler_organization_keys" in source
+
+
+async def test_the_policy_checks_the_signature_once_per_statement_not_per_row(
+    engine: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """The check is a scalar subquery: an InitPlan run once, whatever the number of rows scanned."""
+    org = new_org()
+    await insert_notifications(sessionmaker, org, "7", 40)
+    async with tenant_transaction(sessionmaker, org) as session:
+        plan = await session.scalar(
+            text("EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM notifications WHERE user_id = '7'")
+        )
+    nodes = list(_plan_nodes(plan[0]["Plan"]))
+    init_plans = [n for n in nodes if n.get("Parent Relationship") == "InitPlan"]
+    assert init_plans, plan
+    assert all(n["Actual Loops"] == 1 for n in init_plans), plan
+    assert sum(n["Actual Rows"] for n in nodes if "Relation Name" in n) >= 40
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+async def test_migrate_installs_exactly_the_keys_it_is_given(engine: AsyncEngine, settings: Settings) -> None:
+    """Rotation (docs/deployment.md): the new key beside the old, then the old one alone removed."""
+    current = organization_keys(settings)
+    new = secrets.token_urlsafe(32).encode()
+    org = new_org()
+    enter = text("SELECT tickler_enter(:org, :sig)")
+    signature = hmac.new(new, org.encode(), hashlib.sha256).hexdigest()
+    try:
+        await install_organization_keys(settings.migration_url(), [new, *current])
+        async with engine.connect() as connection:
+            await connection.execute(enter, {"org": org, "sig": signature})
+            await connection.rollback()
+        await install_organization_keys(settings.migration_url(), current)
+        assert "matches no key" in await refused(engine, f"SELECT tickler_enter('{org}', '{signature}')")
+    finally:
+        await install_organization_keys(settings.migration_url(), current)
+    # The suite's key was accepted all along: the app's readiness check says so.
+    await readiness.postgresql(engine)()
+
+
+async def test_readiness_names_a_key_the_database_does_not_hold(settings: Settings) -> None:
+    other = settings.model_copy(update={"organization_keys": SecretStr(secrets.token_urlsafe(32))})
+    engine = make_engine(other, application_name="logins-test-other-key")
+    try:
+        with pytest.raises(readiness.Down, match="TICKLER_ORGANIZATION_KEYS"):
+            await readiness.postgresql(engine)()
+    finally:
+        await engine.dispose()

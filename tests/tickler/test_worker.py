@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner
 
 from activities.tasks import TaskActivities
+from core.db import organization_keys
 from core.pubsub import Channel
 from core.settings import Settings
 from tests.helpers import start_task, task_state, wait_until
@@ -85,6 +86,7 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess
         # The suite's key: the test's client encrypts what this worker must read.
         "TICKLER_ENCRYPTION_KEYS": keys.get_secret_value(),
         "TICKLER_CHANNEL_KEY": Channel.of(own).key.decode(),
+        "TICKLER_ORGANIZATION_KEYS": organization_keys(own)[0].decode(),
         "TICKLER_WORKER_METRICS_PORT": str(metrics_port),
         "TICKLER_WORKER_HEALTH_PORT": str(health_port),
         # Every collection is long enough to be logged: the log must show them.
