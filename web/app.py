@@ -61,7 +61,13 @@ def create_app(settings: Settings | None = None) -> Quart:
     async def lifespan() -> AsyncGenerator[None, None]:
         engine = make_engine(settings, application_name="tickler-web")
         redis = make_redis(settings)
-        hub = StreamHub(redis, Channel.of(settings), settings.sse_queue_size, metrics)
+        hub = StreamHub(
+            redis,
+            Channel.of(settings),
+            settings.sse_queue_size,
+            metrics,
+            heartbeat_seconds=settings.sse_heartbeat_seconds,
+        )
         rules = RuleRunner()
         watchdog = LoopWatchdog(settings.event_loop_block_seconds, metrics)
         watchdog.start()

@@ -5,6 +5,14 @@ replays from PostgreSQL) rather than growing the server's memory. When the subsc
 resubscribes by itself; each time it subscribes, the first time included, it tells every open stream to
 replay what it may have missed. A message that does not carry the channel key's signature (one that
 anyone able to publish on Redis made up) reaches no stream (core/pubsub.py).
+
+Heartbeats and session ends come from the hub too, so that a waiting stream holds one object (its
+queue's getter) rather than a timeout, a timer handle and a future renewed every heartbeat: with
+10,000 streams those were 10,000 young objects living up to a heartbeat each, which CPython's
+collector walks again and again (docs/performance.md). One clock task visits the streams in SLOTS
+groups, a group per tick, each stream twice per heartbeat interval; a stream that sent nothing since
+the visit before gets a heartbeat, so none stays silent longer than TICKLER_SSE_HEARTBEAT_SECONDS. A
+session's end is one timer per stream, set once.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ from core.pubsub import Channel
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_MAX = 5.0
+# Groups of streams the heartbeat clock visits in turn: per tick a sixteenth of the streams, so that
+# 10,000 streams cost the loop ~600 short visits at a time, never 10,000 at once.
+SLOTS = 16
 SUBSCRIBE_TIMEOUT = 10.0
 # Dropped messages are counted one by one, logged at most this often: whoever can flood the channel with
 # forged messages must not flood every web process's log too.
@@ -41,6 +52,10 @@ class Control(enum.Enum):
     RESYNC = "resync"
     # End the stream: the server shuts down or the client fell too far behind.
     CLOSE = "close"
+    # Send a heartbeat: the stream has sent nothing for a while.
+    HEARTBEAT = "heartbeat"
+    # The token behind the stream has expired: end it with `event: session.expired`.
+    EXPIRED = "expired"
 
 
 StreamItem = NotificationEvent | Control
@@ -55,6 +70,12 @@ class Subscription:
         self.queue: asyncio.Queue[StreamItem] = asyncio.Queue(maxsize)
         self.overflowed = False
         self.on_overflow = on_overflow
+        # Set by the stream whenever it sends something; the heartbeat clock clears it at each visit. A new
+        # stream has just sent its headers and `retry:`: its first heartbeat comes after the second visit,
+        # half an interval to an interval after it opened.
+        self.sent = True
+        self.slot = 0
+        self.expiry: asyncio.TimerHandle | None = None
 
     def offer(self, item: StreamItem) -> None:
         try:
@@ -71,28 +92,48 @@ class Subscription:
             self.queue.get_nowait()
         self.queue.put_nowait(Control.CLOSE)
 
+    def visit(self) -> None:
+        """The heartbeat clock's visit: a heartbeat if nothing was sent since the last one."""
+        if self.sent:
+            self.sent = False
+        elif self.queue.empty():
+            self.queue.put_nowait(Control.HEARTBEAT)
+            # Counted as sent: the next visit, half an interval on, clears it; the one after sends again.
+            self.sent = True
+
 
 class StreamHub:
     def __init__(
-        self, redis: Redis, channel: Channel, queue_size: int, metrics: WebMetrics | None = None
+        self,
+        redis: Redis,
+        channel: Channel,
+        queue_size: int,
+        metrics: WebMetrics | None = None,
+        *,
+        heartbeat_seconds: float = 15.0,
     ) -> None:
         self.redis = redis
         self.channel = channel
         self.queue_size = queue_size
+        self.heartbeat_seconds = heartbeat_seconds
         self.metrics = metrics or WebMetrics()
         self._cut_off = self.metrics.streams_cut_off.labels("overflow").inc
         self._dropped = {reason: self.metrics.messages_dropped.labels(reason) for reason in DROP_REASONS}
         self._drops_unlogged = dict.fromkeys(DROP_REASONS, 0)
         self._drop_logged_at = -math.inf
         self.subscriptions: defaultdict[Audience, set[Subscription]] = defaultdict(set)
+        self._slots: list[set[Subscription]] = [set() for _ in range(SLOTS)]
+        self._next_slot = 0
         self.subscribed = asyncio.Event()
         self.closing = False
         self._task: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self, *, wait_seconds: float = 10.0) -> None:
         self._task = asyncio.create_task(self._supervise(), name="stream-hub")
+        self._clock = asyncio.create_task(self._heartbeats(), name="stream-hub-heartbeats")
         try:
             await asyncio.wait_for(self.subscribed.wait(), wait_seconds)
         except TimeoutError:
@@ -100,10 +141,11 @@ class StreamHub:
 
     async def stop(self) -> None:
         self.close_all()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._clock):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.metrics.hub_subscribed.set(0)
 
     def close_all(self) -> None:
@@ -115,11 +157,20 @@ class StreamHub:
 
     # -- streams ---------------------------------------------------------------------------------------
 
-    def subscribe(self, organization_id: str, user_id: str) -> Subscription:
+    def subscribe(
+        self, organization_id: str, user_id: str, *, expires_in: float | None = None
+    ) -> Subscription:
+        """A stream's subscription; ``expires_in`` seconds on, it receives Control.EXPIRED."""
         sub = Subscription((organization_id, user_id), self.queue_size, self._cut_off)
         if self.closing:
             sub.close()
         self.subscriptions[sub.audience].add(sub)
+        sub.slot, self._next_slot = self._next_slot, (self._next_slot + 1) % SLOTS
+        self._slots[sub.slot].add(sub)
+        if expires_in is not None:
+            sub.expiry = asyncio.get_running_loop().call_later(
+                max(0.0, expires_in), sub.offer, Control.EXPIRED
+            )
         self.metrics.streams_open.inc()
         return sub
 
@@ -127,6 +178,9 @@ class StreamHub:
         subs = self.subscriptions.get(sub.audience)
         if subs is not None and sub in subs:
             subs.discard(sub)
+            self._slots[sub.slot].discard(sub)
+            if sub.expiry is not None:
+                sub.expiry.cancel()
             self.metrics.streams_open.dec()
             if not subs:
                 del self.subscriptions[sub.audience]
@@ -161,6 +215,24 @@ class StreamHub:
         counts = ", ".join(f"{n} {why}" for why, n in self._drops_unlogged.items() if n)
         log.warning("dropped messages on %s (no valid signature or malformed): %s", self.channel.name, counts)
         self._drops_unlogged = dict.fromkeys(DROP_REASONS, 0)
+
+    # -- the heartbeat clock ---------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        """Visit one slot per tick, every slot twice per heartbeat interval, on a fixed schedule."""
+        loop = asyncio.get_running_loop()
+        tick = self.heartbeat_seconds / 2 / SLOTS
+        due = loop.time()
+        index = 0
+        while True:
+            due += tick
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            for sub in self._slots[index]:  # visit() never adds nor removes a subscription
+                sub.visit()
+            index = (index + 1) % SLOTS
+            # Behind by more than a whole turn (a stalled loop): start afresh rather than rush to catch up.
+            if loop.time() - due > self.heartbeat_seconds:
+                due = loop.time()
 
     # -- the subscription ------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ without a query.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections.abc import AsyncIterator
@@ -94,8 +93,10 @@ def _resync_event(last_id: int) -> bytes:
 async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIterator[bytes]:
     settings = res.settings
     replayed, live = (res.metrics.stream_events_sent.labels(source) for source in ("replay", "live"))
-    # Subscribed before the first query, so that what commits meanwhile wakes the stream up.
-    sub = res.hub.subscribe(who.organization_id, who.user_id)
+    # Subscribed before the first query, so that what commits meanwhile wakes the stream up. The hub
+    # sends the stream its heartbeats and, when the token expires, Control.EXPIRED.
+    left = (who.expires_at - datetime.now(UTC)).total_seconds()
+    sub = res.hub.subscribe(who.organization_id, who.user_id, expires_in=left)
     access.stream_opened(who.organization_id, who.user_id, last_id)
     # Why the stream ends, for its access line: unless it ends itself, its client has gone.
     ended = "client left"
@@ -116,23 +117,21 @@ async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIt
             if catch_up:
                 async for row in _rows_after(res, who, last_id):
                     last_id = row.id
+                    sub.sent = True
                     yield _notification_event(row)
                     replayed.inc()  # after the yield: the generator resumes once the write was taken
                 catch_up = False
-            left = (who.expires_at - datetime.now(UTC)).total_seconds()
-            if left <= 0:
+            # No task and no timeout per stream: its own coroutine waits on its queue, which the hub also
+            # feeds with heartbeats and the session's end (memory and collector work per stream).
+            item = await sub.queue.get()
+            if item is Control.HEARTBEAT:
+                yield HEARTBEAT
+                continue
+            if item is Control.EXPIRED:
                 # The token behind this stream has expired: end it; the client must sign in again.
                 yield format_event("{}", event="session.expired")
                 ended = "session expired"
                 return
-            try:
-                # No task per stream: the stream's own coroutine waits on its queue (memory per stream).
-                async with asyncio.timeout(min(settings.sse_heartbeat_seconds, left)):
-                    item = await sub.queue.get()
-            except TimeoutError:
-                if left > settings.sse_heartbeat_seconds:
-                    yield HEARTBEAT
-                continue
             if item is Control.CLOSE:
                 ended = "fell behind" if sub.overflowed else "server closing"
                 return
@@ -140,11 +139,13 @@ async def events(res: Resources, who: Principal, last_id: int | None) -> AsyncIt
                 catch_up = True
             elif item.id is None:
                 # An event with no row of its own (e.g. a read-state change): forwarded as it is.
+                sub.sent = True
                 yield format_event(json.dumps(item.data), event=item.event)
                 live.inc()
             elif item.previous_id == last_id:
                 # The next row of the user's log, carried whole: no query (the common case).
                 last_id = item.id
+                sub.sent = True
                 yield format_event(json.dumps(item.data), event=item.event, id=str(item.id))
                 live.inc()
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -34,8 +35,8 @@ async def make_hub(redis: Redis, settings: Settings) -> AsyncIterator[HubFactory
     """Started hubs, each on a channel of its own (the web app's hub shares this Redis), stopped after."""
     hubs: list[StreamHub] = []
 
-    async def make(queue_size: int = 16) -> StreamHub:
-        hub = StreamHub(redis, own_channel(settings, "hub"), queue_size)
+    async def make(queue_size: int = 16, heartbeat_seconds: float = 15.0) -> StreamHub:
+        hub = StreamHub(redis, own_channel(settings, "hub"), queue_size, heartbeat_seconds=heartbeat_seconds)
         hubs.append(hub)
         await hub.start()
         assert hub.subscribed.is_set()
@@ -243,3 +244,69 @@ async def test_the_first_subscription_resyncs_the_streams_opened_before_it(
         await client.aclose()
         if server is not None:
             server.stop()
+
+
+# -- heartbeats and session ends, from the hub's one clock ---------------------------------------------
+
+
+async def test_a_quiet_stream_gets_a_heartbeat_each_interval_and_a_busy_one_none(
+    make_hub: HubFactory,
+) -> None:
+    interval = 0.4
+    hub = await make_hub(heartbeat_seconds=interval)
+    org = new_org()
+    quiet, busy = hub.subscribe(org, "7"), hub.subscribe(org, "8")
+    stop = asyncio.Event()
+
+    async def keep_sending() -> None:  # as a stream does whenever it writes an event
+        while not stop.is_set():
+            busy.sent = True
+            await asyncio.sleep(interval / 8)
+
+    sender = asyncio.create_task(keep_sending())
+    loop = asyncio.get_running_loop()
+    arrivals = []
+    try:
+        for _ in range(4):
+            assert await next_item(quiet) is Control.HEARTBEAT
+            arrivals.append(loop.time())
+    finally:
+        stop.set()
+        await sender
+    assert busy.queue.empty(), "a stream that keeps sending needs no heartbeat"
+    # One per interval, not one per visit (the clock visits each stream twice per interval). A lower
+    # bound only: a loaded machine may delay a beat, never bring it forward.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+    assert all(gap > interval * 0.75 for gap in gaps), gaps
+    # Once it falls quiet, the busy one gets its heartbeats too.
+    assert await next_item(busy) is Control.HEARTBEAT
+
+
+async def test_a_heartbeat_never_pushes_an_event_out_of_a_full_queue(
+    make_hub: HubFactory, redis: Redis
+) -> None:
+    hub = await make_hub(queue_size=2, heartbeat_seconds=0.2)
+    org = new_org()
+    sub = hub.subscribe(org, "7")
+    await publish(redis, hub.channel, event(org, "7", 1))
+    await publish(redis, hub.channel, event(org, "7", 2))
+    await wait_until(lambda: sub.queue.full(), what="both events queued")
+    # Several visits later: the events wait for their stream, no heartbeat was squeezed in, none dropped.
+    visits = asyncio.get_running_loop().time() + 0.5
+    await wait_until(lambda: asyncio.get_running_loop().time() > visits, what="a few turns of the clock")
+    assert not sub.overflowed
+    assert [await next_item(sub), await next_item(sub)] == [event(org, "7", 1), event(org, "7", 2)]
+
+
+async def test_a_session_ends_by_one_timer_set_at_subscription(make_hub: HubFactory) -> None:
+    hub = await make_hub()
+    org = new_org()
+    ending = hub.subscribe(org, "7", expires_in=0.2)
+    assert await next_item(ending) is Control.EXPIRED
+    # A stream that ends first takes its timer with it.
+    lasting = hub.subscribe(org, "8", expires_in=3600)
+    assert lasting.expiry is not None
+    assert not lasting.expiry.cancelled()
+    hub.unsubscribe(lasting)
+    assert lasting.expiry.cancelled()
+    assert hub.streams_of(org, "8") == 0
