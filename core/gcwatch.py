@@ -10,6 +10,9 @@ arrives that much later (docs/performance.md, "Garbage collection"). Three thing
 - ``GapCollector`` (the worker) runs the full collections itself, at a moment when no reminder is being
   delivered (``Deliveries``). A reminder's timer fires DELIVER_AHEAD before its instant, so a
   collection that starts when none is in hand and ends within that margin delays no reminder.
+- ``SurvivorFreezer`` (the web process) freezes what each full collection keeps, so that the next one
+  walks only what was made since, not every open stream again; every ``refresh_seconds`` it unfreezes
+  everything and collects once, which frees the cycles of what died while frozen (closed streams).
 - ``PauseWatch`` times every collection, feeds an optional histogram and logs the long ones, so that an
   operator (and the bench) can tell a collection from a slow database.
 
@@ -81,6 +84,52 @@ class PauseWatch:
     def uninstall(self) -> None:
         if self in gc.callbacks:
             gc.callbacks.remove(self)
+
+
+class SurvivorFreezer:
+    """Full collections that walk only what is new.
+
+    A web process with 10,000 streams holds millions of tracked objects that live as long as their
+    streams; CPython's full collection walks all of them about once a minute and frees almost none (2.3 s
+    on the bench machine, docs/performance.md). Installed, each full collection ends with
+    ``gc.freeze()``: its survivors move to the permanent generation, which no automatic collection
+    walks. The price: a cycle among frozen objects is never collected, so every ``refresh_seconds``
+    ``refresh`` unfreezes everything and collects once (one long pass per period instead of one a
+    minute), which bounds what the closed streams' cycles can hold to what one period leaves.
+    """
+
+    def __init__(self, refresh_seconds: float) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.freezes = 0
+        self.refreshes = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            gc.freeze()
+            self.freezes += 1
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def refresh(self) -> None:
+        """Collect everything once, frozen or not; what survives is frozen again (by the callback)."""
+        gc.unfreeze()
+        gc.collect()
+        self.refreshes += 1
+
+    async def run(self) -> None:
+        self.install()
+        try:
+            while True:
+                await asyncio.sleep(self.refresh_seconds)
+                self.refresh()
+        finally:
+            self.uninstall()
 
 
 class Deliveries:
@@ -172,21 +221,28 @@ async def collection_schedule(
     record: PauseRecorder | None = None,
     between: Deliveries | None = None,
     freeze: bool = True,
+    freeze_survivors_for: float = 0,
 ) -> AsyncIterator[int]:
     """For a process that has started: freeze its start-up heap, time every collection, and with
-    ``between`` run the full collections between its deliveries. Yields how many objects were frozen;
-    on exit the collector stops (CPython's schedule back) and the watch is removed."""
+    ``between`` run the full collections between its deliveries; with ``freeze_survivors_for`` > 0,
+    freeze what each full collection keeps, refreshed every that many seconds (``SurvivorFreezer``).
+    Yields how many objects were frozen; on exit the tasks stop (CPython's schedule back) and the watch
+    is removed."""
     frozen = freeze_startup_heap() if freeze else 0
+    # First in gc.callbacks: a pass is timed before its survivors are frozen, not with the freezing.
     watch = PauseWatch(warn_after_seconds, record)
     watch.install()
-    collector = None
+    tasks = []
     if between is not None:
-        collector = asyncio.create_task(GapCollector(between).run(), name="full collections")
+        tasks.append(asyncio.create_task(GapCollector(between).run(), name="full collections"))
+    if freeze_survivors_for > 0:
+        freezer = SurvivorFreezer(freeze_survivors_for)
+        tasks.append(asyncio.create_task(freezer.run(), name="frozen survivors"))
     try:
         yield frozen
     finally:
-        if collector is not None:
-            collector.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await collector
+                await task
         watch.uninstall()

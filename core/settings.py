@@ -348,6 +348,15 @@ class Settings(BaseSettings):
             "(0: never); the worker also exports every pause as `tickler_gc_pause`."
         ),
     )
+    web_gc_refresh_seconds: float = Field(
+        600,
+        ge=0,
+        description=(
+            "The web process freezes what each full garbage collection keeps (its open streams), so that "
+            "the next one walks only what is new, and collects everything once every this many seconds "
+            "to free what died frozen (docs/performance.md). 0: CPython's own schedule."
+        ),
+    )
     event_loop_block_seconds: float = Field(
         1.0,
         gt=0,

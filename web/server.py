@@ -50,7 +50,11 @@ async def serve_web(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
-    # The web process keeps CPython's schedule for full collections: it cannot know when a message comes.
-    async with collection_schedule(warn_after_seconds=settings.gc_pause_warning_ms / 1000) as frozen:
+    # The web process cannot know when a message comes, so it cannot schedule its full collections
+    # between them as the worker does; it makes them short instead (core/gcwatch.py, SurvivorFreezer).
+    async with collection_schedule(
+        warn_after_seconds=settings.gc_pause_warning_ms / 1000,
+        freeze_survivors_for=settings.web_gc_refresh_seconds,
+    ) as frozen:
         log.info("%d start-up objects frozen out of garbage collection", frozen)
         await serve_until(app, hypercorn_config(settings), stop)

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.gcwatch import Deliveries, GapCollector, PauseWatch, collection_schedule, freeze_startup_heap
+from core.gcwatch import (
+    Deliveries,
+    GapCollector,
+    PauseWatch,
+    SurvivorFreezer,
+    collection_schedule,
+    freeze_startup_heap,
+)
 from tests.helpers import wait_until
 
 
@@ -151,3 +158,72 @@ async def test_a_process_schedule_is_undone_on_exit(unfreeze: None) -> None:
     async with collection_schedule(warn_after_seconds=60, freeze=False) as frozen:
         assert frozen == 0
         assert gc.get_threshold() == automatic  # no deliveries: CPython's schedule
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_a_full_collection_freezes_its_survivors_until_the_refresh(unfreeze: None) -> None:
+    """What survives a full collection is walked no more; a cycle that dies frozen waits for the refresh,
+    which frees it: the leak is bounded by the refresh period, not unbounded."""
+    freezer = SurvivorFreezer(refresh_seconds=3600)
+    freezer.install()
+    try:
+        # Two objects in a cycle, alive at a full collection: frozen with everything else.
+        first, second = Node(), Node()
+        first.other, second.other = second, first
+        gone = weakref.ref(first)
+        gc.collect()
+        assert freezer.freezes >= 1
+        assert gc.get_freeze_count() > 0
+        # They die as a cycle: reference counting cannot free them, and no collection walks them.
+        del first, second
+        gc.collect()
+        assert gone() is not None
+        # A cycle made after the freeze is young: collected as usual.
+        fresh = Node()
+        fresh.other = fresh
+        fresh_gone = weakref.ref(fresh)
+        del fresh
+        gc.collect()
+        assert fresh_gone() is None
+        freezer.refresh()
+        assert gone() is None, "the refresh collects what died frozen"
+        assert freezer.refreshes == 1
+        assert gc.get_freeze_count() > 0, "and freezes the survivors again"
+    finally:
+        freezer.uninstall()
+    assert freezer.freezes >= 4  # the three collections and the refresh's (an automatic one may add)
+    before = freezer.freezes
+    gc.collect()
+    assert freezer.freezes == before, "uninstalled, it freezes nothing"
+
+
+async def test_the_freezer_refreshes_on_its_schedule(unfreeze: None) -> None:
+    freezer = SurvivorFreezer(refresh_seconds=0.05)
+    task = asyncio.create_task(freezer.run())
+    try:
+        await wait_until(lambda: freezer.refreshes >= 2, what="two refreshes")
+        assert freezer in gc.callbacks
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert freezer not in gc.callbacks
+
+
+async def test_the_schedule_installs_the_freezer_only_when_asked(unfreeze: None) -> None:
+    def freezers() -> list[SurvivorFreezer]:
+        return [c for c in gc.callbacks if isinstance(c, SurvivorFreezer)]
+
+    async with collection_schedule(warn_after_seconds=0, freeze=False):
+        await asyncio.sleep(0)
+        assert freezers() == []
+    async with collection_schedule(warn_after_seconds=0, freeze=False, freeze_survivors_for=3600):
+        await wait_until(lambda: len(freezers()) == 1, what="the freezer installed")
+        [freezer] = freezers()
+        gc.collect()
+        assert freezer.freezes >= 1
+    assert freezers() == []
