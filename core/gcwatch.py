@@ -47,7 +47,22 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-class PauseWatch:
+class GcCallback:
+    """A ``gc.callbacks`` entry that installs and uninstalls itself, once however often asked."""
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
+class PauseWatch(GcCallback):
     """Times garbage collections through ``gc.callbacks``; ``install`` / ``uninstall`` it."""
 
     def __init__(self, warn_after_seconds: float, record: PauseRecorder | None = None) -> None:
@@ -77,16 +92,8 @@ class PauseWatch:
                 info["collected"],
             )
 
-    def install(self) -> None:
-        if self not in gc.callbacks:
-            gc.callbacks.append(self)
 
-    def uninstall(self) -> None:
-        if self in gc.callbacks:
-            gc.callbacks.remove(self)
-
-
-class SurvivorFreezer:
+class SurvivorFreezer(GcCallback):
     """Full collections that walk only what is new.
 
     A web process with 10,000 streams holds millions of tracked objects that live as long as their
@@ -107,14 +114,6 @@ class SurvivorFreezer:
         if phase == "stop" and info["generation"] == 2:
             gc.freeze()
             self.freezes += 1
-
-    def install(self) -> None:
-        if self not in gc.callbacks:
-            gc.callbacks.append(self)
-
-    def uninstall(self) -> None:
-        if self in gc.callbacks:
-            gc.callbacks.remove(self)
 
     def refresh(self) -> None:
         """Collect everything once, frozen or not; what survives is frozen again (by the callback)."""
