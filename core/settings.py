@@ -24,6 +24,10 @@ from pydantic_settings import (
 # Used when TICKLER_JWT_SECRET is not set; `tickler web` refuses it unless TICKLER_ENV is "dev".
 DEV_ENV = "dev"
 DEV_JWT_SECRET = "tickler-dev-secret-do-not-use-in-production"
+# A hundred years: a longer retention is "for ever" (0), and would overflow the purge's date arithmetic.
+MAX_RETENTION_DAYS = 36_500
+# The maintenance Schedule audits every open task: not more often than this.
+MIN_MAINTENANCE_INTERVAL_SECONDS = 60
 
 
 # Suffix of the variable that names a file holding a setting's value: TICKLER_JWT_SECRET_FILE.
@@ -388,9 +392,10 @@ class Settings(BaseSettings):
     notification_retention_days: int = Field(
         90,
         ge=0,
+        le=MAX_RETENTION_DAYS,
         description=(
             "Read notifications created longer ago than this are deleted by `tickler purge` and the "
-            "maintenance Schedule (0: kept for ever)."
+            "maintenance Schedule (0: kept for ever; at most 36,500)."
         ),
     )
     maintenance_interval_seconds: int = Field(
@@ -398,7 +403,8 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Every this many seconds the maintenance Schedule audits and purges; the worker creates or "
-            "updates it at start (0: the worker leaves it alone)."
+            "updates it at start (0: the worker leaves it alone; else at least 60: each run audits every "
+            "open task)."
         ),
     )
     maintenance_repair: bool = Field(
@@ -488,6 +494,15 @@ class Settings(BaseSettings):
             "its connection is reset and its slot freed."
         ),
     )
+
+    @model_validator(mode="after")
+    def _maintenance_interval_usable(self) -> Self:
+        if 0 < self.maintenance_interval_seconds < MIN_MAINTENANCE_INTERVAL_SECONDS:
+            raise ValueError(
+                f"TICKLER_MAINTENANCE_INTERVAL_SECONDS={self.maintenance_interval_seconds}: set 0 (no "
+                f"Schedule) or {MIN_MAINTENANCE_INTERVAL_SECONDS} or more; each run audits every open task"
+            )
+        return self
 
     @model_validator(mode="after")
     def _temporal_tls_and_keys_complete(self) -> Self:

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.auth import OPERATOR_ROLE, mint_token
@@ -133,10 +133,27 @@ def _cmd_purge(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(commands.purge(settings, args.older_than, args.batch_size))
 
 
+# The figures are computed from every row of the organization's window: a year at the most.
+MAX_STATS_DAYS = 366
+
+
 def _cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     from tickler.ops import commands
 
+    if problem := _stats_window_problem(args.since, args.until):
+        sys.exit(f"tickler stats: {problem}")
     return asyncio.run(commands.stats(settings, args.org, args.since, args.until, args.json))
+
+
+def _stats_window_problem(since: datetime | None, until: datetime | None) -> str | None:
+    """What is wrong with the window [since, until) (the defaults: until now, since a day before)."""
+    until = until or datetime.now(UTC)
+    since = since or until - timedelta(days=1)
+    if since >= until:
+        return f"--since {since.isoformat()} is not before --until {until.isoformat()}"
+    if until - since > timedelta(days=MAX_STATS_DAYS):
+        return f"the window spans {(until - since).days} days; ask for {MAX_STATS_DAYS} at most"
+    return None
 
 
 def _cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from core.settings import DEV_JWT_SECRET, Settings
 from tickler.cli import _refuse_dev_secret
@@ -75,3 +76,48 @@ def test_tickler_run_is_development_unless_told_otherwise(tmp_path: Path) -> Non
     assert "DEVELOPMENT mode" in unset.stderr
     assert told.returncode == 1
     assert "DEVELOPMENT" not in told.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"maintenance_interval_seconds": 1}, "TICKLER_MAINTENANCE_INTERVAL_SECONDS=1: set 0"),
+        ({"maintenance_interval_seconds": 59}, "or 60 or more"),
+        ({"notification_retention_days": 36_501}, "less than or equal to 36500"),
+    ],
+)
+def test_maintenance_settings_are_bounded(values: dict[str, int], says: str) -> None:
+    """An audit of every open task each second, or a retention whose date overflows the purge, is
+    refused at start with what to set."""
+    with pytest.raises(ValidationError, match=says):
+        Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "values", [{"maintenance_interval_seconds": 0}, {"maintenance_interval_seconds": 60}]
+)
+def test_maintenance_settings_at_their_bounds_are_taken(values: dict[str, int]) -> None:
+    assert Settings(**values).maintenance_interval_seconds == values["maintenance_interval_seconds"]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["--since", "2026-01-01T00:00:00Z", "--until", "2027-06-01T00:00:00Z"], "spans 516 days"),
+        (["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z"], "is not before --until"),
+        (["--since", "1990-01-01T00:00:00Z"], "ask for 366 at most"),
+    ],
+)
+def test_tickler_stats_refuses_a_window_it_would_scan_for_long(arguments: list[str], says: str) -> None:
+    """Refused before it connects to anything: the addresses here lead nowhere."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tickler", "stats", "--org", "org-1", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ
+        | {"TICKLER_ENV": "dev", "TICKLER_DATABASE_URL": "postgresql+asyncpg://x@127.0.0.1:1/x"},
+    )
+    assert done.returncode == 1
+    assert says in done.stderr
+    assert done.stderr.startswith("tickler stats: ")
