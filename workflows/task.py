@@ -300,8 +300,14 @@ class TaskWorkflow:
         assert state.recurrence is not None
         stopped: str | None = None
         start = state.series_start or state.due_at
+        # The next occurrence after now, not after the one just due: a series whose due time lies
+        # several occurrences back (rescheduled into the past, or a worker down for days) reminds once for
+        # the one that was due and resumes at the next one to come, instead of replaying every missed one
+        # (a year back, daily: 365 reminders at once, in one workflow task). On time, the two are the same:
+        # no occurrence falls between the due time and the instant its timer fired.
+        after = max(state.due_at, workflow.now())
         question = NextOccurrenceInput(
-            recurrence=state.recurrence, timezone=state.timezone, after=state.due_at, start=start
+            recurrence=state.recurrence, timezone=state.timezone, after=after, start=start
         )
         try:
             following: datetime | None = await workflow.execute_local_activity(

@@ -169,6 +169,25 @@ async def test_reschedule_into_the_past_fires_at_once(harness: Harness) -> None:
     await wait_until(lambda: harness.fakes.deliveries, what="the immediate reminder")
 
 
+async def test_a_series_rescheduled_far_into_the_past_reminds_once_and_resumes_ahead(
+    harness: Harness,
+) -> None:
+    """Missed occurrences are not replayed: the one that was due fires, then the next one to come."""
+    state = (await new_task(harness, timedelta(days=1))).model_copy(
+        update={"recurrence": Recurrence(every=1, unit="days")}
+    )
+    handle = await harness.start(state)
+    now = await harness.now()
+    await send_change(handle, TaskChange(action="reschedule", due_at=now - timedelta(days=30)))
+    await wait_until(lambda: harness.fakes.deliveries, what="the overdue reminder")
+    await wait_until(
+        lambda: harness.fakes.rows[state.task_id].due_at > now, what="the series moved to the next occurrence"
+    )
+    assert len(harness.fakes.deliveries) == 1, "not one per missed day"
+    assert harness.fakes.rows[state.task_id].due_at <= now + timedelta(days=1)
+    assert (await handle.query(TaskWorkflow.current)).status == "open"
+
+
 async def test_reschedule_after_firing_arms_it_again(harness: Harness) -> None:
     state = await new_task(harness, timedelta(minutes=5))
     handle = await harness.start(state)
