@@ -259,8 +259,15 @@ def test_run_survives_a_restart_and_fires_the_timer_that_fell_due_meanwhile(stac
     }
     try:
         proc, first_start = start_stack(stack)
-        # The banner names where each process serves its metrics.
+        # The banner names where each process serves its metrics. `tickler run` prints it once the web
+        # answers, so it may come a moment after /healthz does: waited for, with a deadline.
         # The whole log: the banner may have scrolled out of the tail by the time it is read.
+        _wait_for(
+            "the banner in the log",
+            lambda: f"{stack.web}/codec" in stack.log_path.read_text(errors="replace"),
+            30,
+            proc,
+        )
         log = stack.log_path.read_text(errors="replace")
         for name in ("web_metrics", "worker_metrics"):
             assert f"http://127.0.0.1:{stack.ports[name]}/metrics" in log
