@@ -472,7 +472,14 @@ class Settings(BaseSettings):
     sse_max_streams_per_user: int = Field(
         10, ge=1, description="Open streams per user and web process; one more answers 429."
     )
-    sse_heartbeat_seconds: float = Field(15.0, gt=0, description="Comment line sent on idle streams.")
+    sse_heartbeat_seconds: float = Field(
+        15.0,
+        ge=0.1,
+        description=(
+            "Comment line sent on idle streams at this interval; at least 0.1 (the hub's clock ticks 32 "
+            "times per interval)."
+        ),
+    )
     sse_retry_ms: int = Field(2000, ge=0, description="`retry:` the stream tells browsers to wait.")
     sse_queue_size: int = Field(
         256, ge=1, description="Events buffered per stream; a client further behind is cut off."

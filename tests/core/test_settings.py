@@ -121,3 +121,9 @@ def test_tickler_stats_refuses_a_window_it_would_scan_for_long(arguments: list[s
     assert done.returncode == 1
     assert says in done.stderr
     assert done.stderr.startswith("tickler stats: ")
+
+
+def test_the_heartbeat_interval_has_a_floor() -> None:
+    """The hub's clock ticks 32 times per interval: a microsecond interval would spin the event loop."""
+    with pytest.raises(ValidationError, match=r"greater than or equal to 0\.1"):
+        Settings(sse_heartbeat_seconds=0.0001)
