@@ -137,6 +137,22 @@ CREATE: list[Figure] = [
 ]
 
 
+SUSTAINED: list[Figure] = [
+    ("highest rate with p99 <= 15 ms (reminders/s)", ("highest_rate_within_p99",), False),
+    ("early arrivals", ("early",), True),
+    ("missing", ("missing",), True),
+]
+
+
+def sustained_figures(rates: list[Any]) -> list[Figure]:
+    """SUSTAINED, then each step's p50 and p99."""
+    steps: list[Figure] = []
+    for rate in rates:
+        steps.append((f"{rate}/s: latency p50 (ms)", ("by_rate", str(rate), "latency_ms", "p50"), True))
+        steps.append((f"{rate}/s: latency p99 (ms)", ("by_rate", str(rate), "latency_ms", "p99"), True))
+    return SUSTAINED + steps
+
+
 def dig(data: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(data, dict) or key not in data:
@@ -180,7 +196,11 @@ def comparison(report: dict[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     scenario_keys = sorted({k for s in medians.values() for k in s}, key=_scenario_order)
     for key in scenario_keys:
-        figures = SPREAD if key == "spread" else CREATE if key == "create" else BURST
+        if key == "sustained":
+            rates = next((m[key].get("rates") for m in medians.values() if m.get(key)), None) or []
+            figures = sustained_figures(rates)
+        else:
+            figures = SPREAD if key == "spread" else CREATE if key == "create" else BURST
         for label, path, _lower in figures:
             values = [dig(medians[s].get(key), path) for s in systems]
             row = [key, label, *(fmt(v) for v in values)]
@@ -197,7 +217,9 @@ def _scenario_order(key: str) -> tuple[int, int]:
         return (0, 0)
     if key.startswith("burst"):
         return (1, int(key.removeprefix("burst")))
-    return (2, 0)
+    if key == "sustained":
+        return (2, 0)
+    return (3, 0)
 
 
 def markdown(report: dict[str, Any]) -> str:

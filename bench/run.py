@@ -38,7 +38,7 @@ from bench import scenarios
 from bench.stack import ROOT, App, Stack, terminate_on_sigterm
 from bench.stats import median_of
 
-COMPARED = ("create", "spread", "burst")
+COMPARED = ("create", "spread", "burst", "sustained")
 TICKLER_ONLY = ("idle", "fanout")
 SCENARIO_TIMEOUT = 1200.0
 
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         default=",".join(COMPARED + TICKLER_ONLY),
-        help="comma-separated subset of: create, spread, burst, idle, fanout",
+        help="comma-separated subset of: create, spread, burst, sustained, idle, fanout",
     )
     parser.add_argument("--systems", default="tickler,baseline", help="comma-separated (see above)")
     parser.add_argument("--repeat", type=int, default=None, help="runs of the compared scenarios")
@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="N",
         help="streams on the one web process in the fan-out scenario (default: the scale's)",
+    )
+    parser.add_argument(
+        "--bursts",
+        default=None,
+        metavar="N,...",
+        help="burst sizes, comma-separated (default: the scale's; full: 1000,5000,10000)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default bench/results/<time>)"
@@ -206,6 +212,8 @@ async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]
     scale = scenarios.SCALES[args.scale]
     if args.fanout_streams:
         scale = dataclasses.replace(scale, fanout_streams=args.fanout_streams)
+    if args.bursts:
+        scale = dataclasses.replace(scale, bursts=tuple(int(n) for n in args.bursts.split(",")))
     chosen = set(args.scenarios.split(","))
     systems: list[str] = args.systems.split(",")
     runs: dict[str, dict[str, list[Any]]] = report["runs"]
@@ -234,6 +242,9 @@ async def run_all(stack: Stack, args: argparse.Namespace, report: dict[str, Any]
                             f"{system} burst {count}", scenarios.burst(ctx, count), notes, ctx
                         )
                         found.setdefault(f"burst{count}", []).append(result)
+                if "sustained" in chosen:
+                    result = await guarded(f"{system} sustained", scenarios.sustained(ctx), notes, ctx)
+                    found.setdefault("sustained", []).append(result)
             finally:
                 await stop_system(stack, app, system)
             report["medians"] = {

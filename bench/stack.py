@@ -159,6 +159,7 @@ class Stack:
                 "BENCH_REDIS_URL": self.redis_url,
                 "BENCH_PORT": str(port),
                 "BENCH_JWT_SECRET": JWT_SECRET,
+                "BENCH_ORGANIZATION_KEY": organization_keys(self.tickler_settings())[0].decode(),
                 "BENCH_CHANNEL": "bench:baseline:notifications",
                 "BENCH_QUEUE": f"bench-reminders-{uuid.uuid4().hex[:8]}",
                 "BENCH_CONCURRENCY": str(concurrency),

@@ -38,6 +38,8 @@ OPEN_WITHIN = 120.0
 # What the worker logs for each failed attempt of a delivery (it is retried), and the web process for each
 # 503 that PostgreSQL's statement timeout (TICKLER_DATABASE_STATEMENT_TIMEOUT_MS) caused.
 DELIVERY_FAILED = ("Completing activity as failed", "'deliver_reminder'")
+# A batch of the worker's delivery wheel that failed (its reminders go to their workflows' grace timers).
+WHEEL_FAILED = ("not delivered by the wheel",)
 STATEMENT_TIMEOUT = ("answered 503", "canceling statement due to statement timeout")
 # What a web process logs when it cuts off a stream whose client stopped reading (web/stream/routes.py).
 CUT_OFF = "cut off a stream that took no write"
@@ -59,6 +61,8 @@ class Scale:
     # instant, every one of the burst's workflow tasks open: a short burst drains too fast to be hit
     # in the middle any other way on a loaded machine.
     kill_into_burst: float = 1.0
+    # Worker killed in the lead window: this long before the burst's instant, its reminders all armed.
+    kill_before_burst: float = 5.0
     # PostgreSQL stopped this long, one reminder per user due through it, API calls continuing.
     postgres_outage: float = 30.0
     postgres_users: int = 50
@@ -212,6 +216,27 @@ async def _burst(
     return due, expected
 
 
+async def _kill_a_worker(
+    stack: Stack, scale: Scale, outcome: Outcome, offset: float
+) -> tuple[datetime, dict[str, str], Crowd]:
+    """A burst to the crowd's users; SIGKILL worker-1 ``offset`` s after its instant (negative: before);
+    wait for every reminder, tally. The burst's instant, its tasks and the crowd."""
+    org, crowd = _org_crowd(stack, scale.burst_users)
+    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
+        due, expected = await _burst(http, stack, org, crowd, scale.burst, outcome)
+        await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + offset))
+        victim = stack.pids("worker")[0]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.time()
+        after = killed - due.timestamp()
+        side = "after" if after >= 0 else "before"
+        outcome.notes.append(f"killed worker pid {victim} {abs(after):.2f} s {side} the due time")
+        await crowd.until_received(expected, scale.deliver_within)
+        await asyncio.sleep(SETTLE)
+    await _tally(outcome, stack, org, crowd, expected, max(killed, due.timestamp()))
+    return due, expected, crowd
+
+
 async def worker_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
     """SIGKILL one worker 1 s into a burst of reminders due at once, streams of its users open."""
     outcome = Outcome(
@@ -221,18 +246,26 @@ async def worker_killed_mid_burst(stack: Stack, scale: Scale) -> Outcome:
         reminders=scale.burst,
         streams=scale.burst_users,
     )
-    org, crowd = _org_crowd(stack, scale.burst_users)
-    async with httpx.AsyncClient(base_url=stack.proxy, timeout=30.0) as http, crowd:
-        due, expected = await _burst(http, stack, org, crowd, scale.burst, outcome)
-        await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() + 1.0))
-        victim = stack.pids("worker")[0]
-        os.kill(victim, signal.SIGKILL)
-        killed = time.time()
-        after = killed - due.timestamp()
-        outcome.notes.append(f"killed worker pid {victim} {after:.2f} s after the due time")
-        await crowd.until_received(expected, scale.deliver_within)
-        await asyncio.sleep(SETTLE)
-    await _tally(outcome, stack, org, crowd, expected, killed)
+    await _kill_a_worker(stack, scale, outcome, 1.0)
+    return outcome
+
+
+async def worker_killed_in_lead_window(stack: Stack, scale: Scale) -> Outcome:
+    """SIGKILL one worker a few seconds before a burst's instant: the reminders armed in its wheel are
+    gone with it, and their workflows' grace timers deliver them on the other worker (decisions §29,
+    §30), late by their grace (3 to 33 s) at most and a workflow task, never early, never twice."""
+    outcome = Outcome(
+        name="worker SIGKILL in the lead window",
+        fault=f"SIGKILL worker-1 {scale.kill_before_burst:g} s before {scale.burst} reminders fall due at "
+        f"once, all armed in the workers' wheels; `tickler run` starts it again.",
+        reminders=scale.burst,
+        streams=scale.burst_users,
+    )
+    due, expected, crowd = await _kill_a_worker(stack, scale, outcome, -scale.kill_before_burst)
+    early = sum(1 for c in crowd.clients for r in c.received if r.task_id in expected and r.lateness < 0)
+    on_time = _received_before(crowd, expected, due.timestamp() + 1.0)
+    outcome.notes.append(f"on their streams within 1 s of the instant (the other worker's wheel): {on_time}")
+    outcome.must_hold["0 early"] = early == 0
     return outcome
 
 
@@ -473,7 +506,7 @@ async def postgres_locked(stack: Stack, scale: Scale) -> Outcome:
     if not delivered:
         outcome.notes.append(f"not all delivered within {scale.deliver_within} s of the release")
     lines = log.new_lines()
-    failed = count_lines(lines, *DELIVERY_FAILED)
+    failed = count_lines(lines, *DELIVERY_FAILED) + count_lines(lines, *WHEEL_FAILED)
     timeouts = count_lines(lines, *STATEMENT_TIMEOUT)
     outcome.notes.append(
         f"delivery attempts failed and retried: {failed}; API calls a statement timeout ended in 503: "
@@ -817,6 +850,7 @@ async def rolling_restart(stack: Stack, scale: Scale) -> Outcome:
 
 SCENARIOS = {
     "worker-kill": worker_killed_mid_burst,
+    "worker-kill-lead": worker_killed_in_lead_window,
     "web-kill": web_killed_under_streams,
     "redis-kill": redis_stopped,
     "temporal-kill": temporal_killed_mid_burst,

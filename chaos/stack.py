@@ -88,6 +88,7 @@ class Stack:
             TICKLER_TEMPORAL_UI_PORT=str(devstack.free_port()),
             TICKLER_EMBEDDED_POSTGRES_PORT=str(postgres_port),
             TICKLER_EMBEDDED_REDIS_PORT=str(devstack.free_port()),
+            TICKLER_EMBEDDED_SMTP_PORT=str(devstack.free_port()),
             TICKLER_EMBEDDED_TEMPORAL_PORT=str(devstack.free_port()),
             # The logins of migrations/roles.sql: the owner migrates; the app, maintenance take their roles.
             TICKLER_MIGRATION_DATABASE_URL=f"postgresql+asyncpg://tickler@127.0.0.1:{postgres_port}/tickler",

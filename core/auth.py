@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # The role, in a token's `roles` claim, of those who may decrypt payloads through the codec endpoint.
 OPERATOR_ROLE = "operator"
+# The role of an organization's admins: they manage its webhooks (issue 18).
+ADMIN_ROLE = "admin"
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Principal:
     user_id: str
     organization_id: str
     expires_at: datetime
+    # The token's `roles` claim: `admin` manages the organization's webhooks.
+    roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -217,14 +221,19 @@ def _principal(claims: dict[str, Any]) -> Principal:
         user_id=str(claims["sub"]),
         organization_id=str(org),
         expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        roles=frozenset(_roles(claims)),
     )
 
 
-def _operator(claims: dict[str, Any]) -> Operator:
+def _roles(claims: dict[str, Any]) -> list[str]:
     roles = claims.get("roles")
     # A list of names, or one string of names separated by spaces, as an OAuth scope is.
     names = roles.split() if isinstance(roles, str) else roles if isinstance(roles, list) else []
-    if OPERATOR_ROLE not in names:
+    return [name for name in names if isinstance(name, str)]
+
+
+def _operator(claims: dict[str, Any]) -> Operator:
+    if OPERATOR_ROLE not in _roles(claims):
         raise Forbidden(
             f"Only operators may use this: the token's `roles` claim must include `{OPERATOR_ROLE}`."
         )

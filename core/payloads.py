@@ -199,6 +199,8 @@ class TaskState(BaseModel):
     recent_request_ids: tuple[str, ...] = ()
     created_at: datetime
     updated_at: datetime
+    # Done or cancelled: until when a reopen is taken (the workflow waits for it). Not in the row.
+    reopen_until: datetime | None = None
 
     def pending_reminders(self) -> list[tuple[datetime, int]]:
         """(fire time, offset) of the reminders still to deliver for this revision, soonest first."""
@@ -230,8 +232,11 @@ class TaskState(BaseModel):
 # A change to the workflow's command sequence is a new version (or a workflow.patched): docs/decisions.md
 # §12 says how to add one. The workflow runs the versions from OLDEST_WORKFLOW_VERSION to this one.
 # 2: the timer fires DELIVER_AHEAD early, a local activity waits for the instant and delivers it.
+# 3: a timer ARM_LEAD ahead arms the reminder in the worker's delivery wheel (ARM_REMINDER), which
+#    delivers it at the instant with every other reminder due then; a timer DELIVERY_GRACE after the
+#    instant delivers it from the workflow if the wheel did not (docs/decisions.md §29).
 # (1, an activity task at the instant, was never deployed and is gone: its inputs are refused.)
-WORKFLOW_VERSION = 2
+WORKFLOW_VERSION = 3
 OLDEST_WORKFLOW_VERSION = 2
 
 
@@ -254,6 +259,11 @@ class DeliverReminderInput(BaseModel):
     # the workflow can arm its timer DELIVER_AHEAD early. Required: only a local activity takes this
     # input, and a local activity's input is not in the history, so no recorded event lacks it.
     not_before: datetime
+    # Armed ahead (ARM_REMINDER): the task row's version and assignee the reminder was armed with. The
+    # delivery writes nothing unless the row still has that version (a change confirmed before the
+    # instant wins); the assignee orders a batch's locks. None: delivered as the row is now.
+    version: int | None = None
+    assignee_id: str | None = None
 
 
 # How far ahead of a reminder's instant its timer fires. The wake-up, its workflow task and the start of
@@ -261,8 +271,41 @@ class DeliverReminderInput(BaseModel):
 # time, never before (docs/performance.md). It also bounds that wait, whatever a clock says.
 DELIVER_AHEAD = timedelta(milliseconds=250)
 
+# Version 3 (docs/decisions.md §29, §30). A reminder is armed in a worker's delivery wheel between
+# ARM_LEAD and ARM_LEAD + ARM_SPREAD ahead of its instant, the lead drawn from its task id: the arming
+# workflow tasks of a burst due at one instant (10,000 take about two minutes of both cores) run spread
+# over nine minutes before it rather than all at one moment, where they slowed the creations still going
+# on to half their rate. A worker holds only what falls due in the next ten minutes.
+ARM_LEAD = timedelta(seconds=60)
+ARM_SPREAD = timedelta(seconds=540)
+# After its instant, the workflow's own timer delivers a reminder the wheel did not (its worker died or
+# restarted in the lead window, or the database refused the batch): between DELIVERY_GRACE and
+# DELIVERY_GRACE + GRACE_SPREAD after it, drawn from the task id, which bounds how late such a reminder
+# is. Most of the time it finds the wheel's delivery done and only records it; spread, the grace
+# workflow tasks of a burst do not compete with the wheel's own delivery at the instant.
+DELIVERY_GRACE = timedelta(seconds=3)
+GRACE_SPREAD = timedelta(seconds=30)
+_SPREAD_STEPS = 10_007  # a prime: the task id's bits below and above 64 give two independent fractions
 
-TaskAction = Literal["edit", "reschedule", "snooze", "complete", "cancel"]
+
+def arm_lead(task_id: uuid.UUID) -> timedelta:
+    """How far ahead of its instants a task's reminders are armed: the same for every run and replay."""
+    return ARM_LEAD + ARM_SPREAD * ((task_id.int % _SPREAD_STEPS) / _SPREAD_STEPS)
+
+
+def delivery_grace(task_id: uuid.UUID) -> timedelta:
+    """How long after its instants a task's workflow delivers what its wheel did not."""
+    return DELIVERY_GRACE + GRACE_SPREAD * (((task_id.int >> 64) % _SPREAD_STEPS) / _SPREAD_STEPS)
+
+
+TaskAction = Literal["edit", "reschedule", "snooze", "complete", "cancel", "reopen"]
+# Email escalation (issue 18): a notification unread this long is mailed, within these bounds.
+MIN_EMAIL_DELAY_SECONDS = 10
+MAX_EMAIL_DELAY_SECONDS = 7 * 24 * 3600
+# How long a task completed or cancelled can be reopened, unless the change says (the API sends
+# TICKLER_UNDO_WINDOW_SECONDS); at most MAX_UNDO_SECONDS, the workflow running on meanwhile.
+DEFAULT_UNDO_SECONDS = 10.0
+MAX_UNDO_SECONDS = 3600.0
 ClearableField = Literal["notes", "recurrence"]
 
 
@@ -291,6 +334,10 @@ class TaskChange(BaseModel):
     # still read, and folded into `clear` (_legacy_clear); nothing reads the flag itself.
     clear_recurrence: SkipJsonSchema[bool] = Field(False, exclude=True)
     timezone: str | None = None
+    # complete, cancel: how long the task can be reopened (None: DEFAULT_UNDO_SECONDS).
+    undo_seconds: float | None = Field(None, ge=0, le=MAX_UNDO_SECONDS)
+    # Another user of the same organization (a CRM id, as the API's Identifier).
+    assignee_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
     # Optional on signals: when given, it must be the task's organization.
     organization_id: str | None = Field(None, max_length=64)
     # Optional: a change with an id seen recently is applied once.
@@ -368,6 +415,32 @@ class NextOccurrenceInput(BaseModel):
     start: datetime | None = None
 
 
+class TaskOut(BaseModel):
+    """A task as the API shows it: `GET /v1/tasks/<id>`, the answers of changes, and the data of the
+    stream's `task.changed` event (activities/tasks.py), one shape for all three."""
+
+    id: uuid.UUID
+    organization_id: str
+    assignee_id: str
+    created_by: str
+    title: str
+    notes: str | None
+    due_at: datetime
+    status: TaskStatus
+    reminder_offsets: list[int]
+    recurrence: Recurrence | None
+    recurrence_stopped: str | None = Field(
+        None, description="Why the series stopped when its rule could not be used; a new rule clears it."
+    )
+    timezone: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_state(cls, state: TaskState) -> TaskOut:
+        return cls.model_validate({"id": state.task_id, **state.model_dump(exclude={"task_id"})})
+
+
 class NotificationEvent(BaseModel):
     """What the web processes receive on the Redis channel and forward to one user's streams."""
 
@@ -385,12 +458,20 @@ class NotificationEvent(BaseModel):
 # Names of the workflow, its handlers and its activities: each side refers to them by name, so that
 # web/ need not import workflows/, nor workflows/ import activities/.
 TASK_WORKFLOW = "TaskWorkflow"
+# The stream event that carries a task (TaskOut) to its assignee's streams whenever its row changes.
+TASK_CHANGED = "task.changed"
 SYNC_UPDATE = "sync"
 CHANGE_UPDATE = "change"
 STATE_QUERY = "current"
-SIGNALS: tuple[TaskAction, ...] = ("reschedule", "snooze", "complete", "cancel")
+SIGNALS: tuple[TaskAction, ...] = ("reschedule", "snooze", "complete", "cancel", "reopen")
+# workflow.patched id of the undo window (issue 17): a task done or cancelled waits for a reopen first.
+UNDO_PATCH = "undo-window"
 SAVE_TASK = "save_task"
 DELIVER_REMINDER = "deliver_reminder"
+ARM_REMINDER = "arm_reminder"
+# Sent by a worker that stops to each task whose reminder it holds armed: arm it again (on the worker
+# that runs the task's next workflow task). Harmless at any other time: the task arms what it would.
+REARM_SIGNAL = "rearm"
 NEXT_OCCURRENCE = "next_occurrence"
 # The types of the ApplicationError with which the change update refuses a change (web/tasks/service.py
 # answers 409 and 422 for them).
@@ -401,3 +482,65 @@ RECURRENCE_UNUSABLE = "RecurrenceUnusable"
 # The type of the non-retryable failure with which a task workflow refuses, at its start, an input whose
 # version it no longer runs (below OLDEST_WORKFLOW_VERSION).
 WORKFLOW_VERSION_UNSUPPORTED = "WorkflowVersionUnsupported"
+
+
+# -- email escalation (issue 18) ----------------------------------------------------------------------
+
+EMAIL_WORKFLOW = "EmailEscalation"
+EMAIL_NOTIFICATION = "email_notification"
+
+
+def email_workflow_id(organization_id: str, notification_id: int) -> str:
+    """One escalation per notification: a second start of it is refused (the id is taken)."""
+    return f"email-{organization_id}-{notification_id}"
+
+
+class EmailInput(BaseModel):
+    """A notification to mail if it is still unread at ``send_after``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    organization_id: str
+    notification_id: int
+    send_after: datetime
+
+
+class EmailOutcome(BaseModel):
+    """What the escalation's activity did: ``sent``, or why not (``read``, ``off``, ``gone``); or, with
+    ``wait_until``, nothing yet (quiet hours, or a delay the user lengthened)."""
+
+    result: str
+    wait_until: datetime | None = None
+
+
+# -- webhooks (issue 18) ------------------------------------------------------------------------------
+
+WEBHOOK_EVENTS = ("reminder.fired", "task.changed")
+WebhookEvent = Literal["reminder.fired", "task.changed"]
+WEBHOOK_WORKFLOW = "WebhookDelivery"
+DELIVER_WEBHOOK = "deliver_webhook"
+DISABLE_ENDPOINT = "disable_webhook_endpoint"
+WEBHOOK_UNDELIVERABLE = "WebhookUndeliverable"
+
+
+def webhook_workflow_id(endpoint_id: uuid.UUID, event_id: str) -> str:
+    """One delivery per event and endpoint: a second start of it is refused (the id is taken)."""
+    return f"webhook-{endpoint_id}-{event_id}"
+
+
+class WebhookInput(BaseModel):
+    """One event for one endpoint; ``body`` is fixed at the event, the same for every attempt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    organization_id: str
+    endpoint_id: uuid.UUID
+    event_id: str
+    event_type: str
+    body: str
+
+
+class DisableEndpoint(BaseModel):
+    organization_id: str
+    endpoint_id: uuid.UUID
+    reason: str

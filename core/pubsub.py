@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
@@ -80,6 +81,16 @@ class Channel:
 
 async def publish(redis: Redis, channel: Channel, event: NotificationEvent) -> None:
     await redis.publish(channel.name, channel.encode(event))
+
+
+async def publish_many(redis: Redis, channel: Channel, events: Sequence[NotificationEvent]) -> None:
+    """Publish ``events`` in order, in one round trip (a pipeline, not a transaction)."""
+    if not events:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.publish(channel.name, channel.encode(event))
+        await pipe.execute()
 
 
 def channel_key(settings: Settings) -> bytes:

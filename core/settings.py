@@ -167,6 +167,13 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(
         56379, description="Port of the Redis server `tickler run` starts when TICKLER_REDIS_URL is unset."
     )
+    embedded_smtp_port: int = Field(
+        1025,
+        description=(
+            "Port of the SMTP server `tickler run` starts when TICKLER_SMTP_HOST is unset: every message it "
+            "takes becomes an .eml file in TICKLER_DATA_DIR/mail."
+        ),
+    )
     redis_channel: str = Field("tickler:notifications", description="Pub/sub channel of notifications.")
     channel_key: SecretStr | None = Field(
         None,
@@ -201,6 +208,15 @@ class Settings(BaseSettings):
     temporal_ui_port: int = Field(8233, description="Web UI port of the dev server `tickler run` starts.")
     change_timeout_seconds: float = Field(
         10.0, gt=0, description="How long a create or change waits for the worker's confirmation (then 503)."
+    )
+    undo_window_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long a task completed or deleted through the API can be reopened (`POST "
+            "/v1/tasks/<id>/reopen`, the page's Undo); its workflow waits that long before it closes."
+        ),
     )
     # TLS to Temporal (docs/deployment.md, "Connecting to Temporal").
     temporal_tls: bool = Field(
@@ -312,8 +328,10 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description=(
-            "On SIGTERM the worker stops polling and gives the activities in hand (a delivery) this long to "
-            "finish before it cancels them; keep it below the orchestrator's kill timeout."
+            "On SIGTERM the worker stops polling and gives the activities in hand (a delivery) this long "
+            "to finish before it cancels them, then takes up to 20 s more to hand the reminders armed in it "
+            "back to their workflows (decisions §30); keep the sum below the orchestrator's kill timeout "
+            "(compose: `stop_grace_period: 40s`)."
         ),
     )
     # Worker tuning: what each default gave is in docs/performance.md.
@@ -419,6 +437,31 @@ class Settings(BaseSettings):
     )
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")
+    public_url: str = Field(
+        "http://127.0.0.1:8000/", description="The page's address as its users reach it: the link in emails."
+    )
+
+    # Email escalation (issue 18): reminders left unread are mailed by the worker over SMTP.
+    smtp_host: str = Field(
+        "",
+        description=(
+            "SMTP server of the email escalation (empty: no email is sent, and the escalations wait for one "
+            "with backoff). `tickler run` sets its local server, 127.0.0.1:1025."
+        ),
+    )
+    smtp_port: int = Field(587, ge=1, le=65535, description="Port of the SMTP server.")
+    smtp_security: Literal["starttls", "tls", "none"] = Field(
+        "starttls",
+        description="`starttls` (plain, then upgraded: port 587), `tls` (TLS from the start: 465), `none`.",
+    )
+    smtp_username: str | None = Field(None, description="SMTP login, if the server wants one.")
+    smtp_password: SecretStr | None = Field(
+        None, description="SMTP password (a file with TICKLER_SMTP_PASSWORD_FILE)."
+    )
+    smtp_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for the SMTP server, per message."
+    )
+    email_from: str = Field("Tickler <tickler@localhost>", description="Sender of the escalation emails.")
 
     jwt_secret: SecretStr = Field(
         SecretStr(DEV_JWT_SECRET),

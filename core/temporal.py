@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
@@ -35,6 +42,19 @@ SEARCH_ATTRIBUTES = {
 
 def task_workflow_id(task_id: uuid.UUID) -> str:
     return f"task-{task_id}"
+
+
+async def start_once(client: Client, workflow: str, input: object, workflow_id: str, task_queue: str) -> None:
+    """Start ``workflow`` unless a run of ``workflow_id`` was ever started: a retried caller (an activity
+    that dispatches an email or a webhook) starts nothing twice."""
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            workflow,
+            input,
+            id=workflow_id,
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
 
 
 def task_search_attributes(state: TaskState) -> TypedSearchAttributes:

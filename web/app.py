@@ -22,6 +22,7 @@ from web import access, health
 from web.codec.routes import blueprint as codec
 from web.errors import register_error_handlers
 from web.limits import RateLimiter
+from web.me.routes import blueprint as me
 from web.notifications.routes import blueprint as notifications
 from web.page.routes import blueprint as page
 from web.problems import ContractOpenAPIProvider
@@ -31,6 +32,7 @@ from web.session.routes import blueprint as session
 from web.stream.hub import StreamHub
 from web.stream.routes import blueprint as stream
 from web.tasks.routes import blueprint as tasks
+from web.webhooks.routes import blueprint as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi_provider_class=ContractOpenAPIProvider,
     )
     register_error_handlers(app)
-    for blueprint in (health.blueprint, session, tasks, notifications, stream, page, codec):
+    for blueprint in (health.blueprint, session, tasks, notifications, me, webhooks, stream, page, codec):
         app.register_blueprint(blueprint)
     metrics = app.extensions[METRICS_KEY] = WebMetrics()
     _count_requests(app, metrics)

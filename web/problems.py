@@ -74,6 +74,7 @@ def _problem(description: str, **headers: Header) -> Documented:
 PROBLEMS: dict[int, Documented] = {
     400: _problem("The body is not valid JSON."),
     401: _problem("No credentials, or invalid or expired ones.", **{"WWW-Authenticate": WWW_AUTHENTICATE}),
+    403: _problem("Your token lacks the role this needs (e.g. `admin` for webhooks)."),
     404: _problem("Nothing with this id is yours (ids of other organizations included)."),
     409: _problem(
         "Clashes with the task's state: it is done or cancelled; on a create, the Idempotency-Key names a "

@@ -21,18 +21,22 @@ with workflow.unsafe.imports_passed_through():
 
     from core.logs import task_fields
     from core.payloads import (
+        ARM_REMINDER,
         CHANGE_CONFLICTS,
         CHANGE_INVALID,
         CHANGE_UPDATE,
+        DEFAULT_UNDO_SECONDS,
         DELIVER_AHEAD,
         DELIVER_REMINDER,
         NEXT_OCCURRENCE,
         OLDEST_WORKFLOW_VERSION,
+        REARM_SIGNAL,
         RECURRENCE_UNUSABLE,
         SAVE_TASK,
         STATE_QUERY,
         SYNC_UPDATE,
         TASK_WORKFLOW,
+        UNDO_PATCH,
         WORKFLOW_VERSION,
         WORKFLOW_VERSION_UNSUPPORTED,
         DeliverReminderInput,
@@ -40,7 +44,9 @@ with workflow.unsafe.imports_passed_through():
         TaskChange,
         TaskState,
         TaskWorkflowInput,
+        arm_lead,
         check_due_window,
+        delivery_grace,
     )
     from core.temporal import DUE_AT, TASK_STATUS
 
@@ -52,6 +58,9 @@ DELIVER_TIMEOUT = timedelta(seconds=30)
 DELIVER_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5))
 # A next occurrence that keeps failing for another reason than its rule (no evaluator free, a worker
 # restarting) is tried for a few minutes; then the series stops with a reason rather than wait forever.
+# Arming only registers the reminder in this worker's memory: if that fails twice, the timer at the
+# instant plus its grace delivers it instead.
+ARM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=100), maximum_attempts=2)
 NEXT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=8
 )
@@ -72,6 +81,12 @@ def check_change(state: TaskState, change: TaskChange, now: datetime) -> None:
     """Raise ChangeRejected if ``change`` cannot apply to ``state`` at ``now``."""
     if change.organization_id is not None and change.organization_id != state.organization_id:
         raise ChangeRejected("the change names another organization", conflict=False)
+    if change.action == "reopen":
+        if state.status == "open":
+            raise ChangeRejected("the task is open", conflict=True)
+        if state.reopen_until is None or now >= state.reopen_until:
+            raise ChangeRejected(f"the task is {state.status} and its undo window has passed", conflict=True)
+        return
     if state.status != "open":
         raise ChangeRejected(f"the task is {state.status}", conflict=True)
     if change.action in ("reschedule", "snooze") or change.due_at is not None:
@@ -135,6 +150,8 @@ class TaskWorkflow:
         self.saved_version = input.state.version if input.saved else 0
         # Set by every change; the main loop's waits wake up on it.
         self.changed = False
+        # The behaviour this run keeps (core.payloads.WORKFLOW_VERSION), checked by run().
+        self.version = input.version
 
     @workflow.run
     async def run(self, input: TaskWorkflowInput) -> TaskState:
@@ -155,10 +172,18 @@ class TaskWorkflow:
             if self.saved_version < self.state.version:
                 await self._save()
             elif self.state.status != "open":
-                break
+                # Done or cancelled: the undo window (issue 17). A reopen, or any change, returns here,
+                # so that it is saved first; a workflow that closed before the window existed replays
+                # without it (the patch's marker is not in its history).
+                until = self.state.reopen_until
+                if until is None or workflow.now() >= until or not workflow.patched(UNDO_PATCH):
+                    break
+                await self._sleep_until(until)
             elif reminders := self.state.pending_reminders():
                 fire_at, offset = reminders[0]
-                if await self._sleep_until(fire_at - DELIVER_AHEAD):
+                if self.version >= 3:
+                    await self._remind(offset, fire_at)
+                elif await self._sleep_until(fire_at - DELIVER_AHEAD):
                     await self._deliver(offset, fire_at)
             elif self.state.recurrence is not None:
                 if await self._sleep_until(self.state.due_at):
@@ -220,6 +245,17 @@ class TaskWorkflow:
     def cancel_signal(self, payload: Any = None) -> None:
         self._signal("cancel", payload)
 
+    @workflow.signal(name="reopen")
+    def reopen_signal(self, payload: Any = None) -> None:
+        self._signal("reopen", payload)
+
+    @workflow.signal(name=REARM_SIGNAL)
+    def rearm_signal(self, payload: Any = None) -> None:
+        """A worker that stops gives back the reminder it held armed (tickler/worker.py): the wait for
+        the grace ends, and the loop arms the reminder again, on the worker that runs this task next."""
+        if self.state.status == "open":
+            self.changed = True
+
     def _signal(self, action: str, payload: Any) -> None:
         try:
             if payload is not None and not isinstance(payload, dict):
@@ -256,10 +292,15 @@ class TaskWorkflow:
             state = state.model_copy(update={"recent_request_ids": ids})
         now = workflow.now()
         fields: dict[str, Any] = {}
-        if change.action == "complete":
-            fields["status"] = "done"
-        elif change.action == "cancel":
-            fields["status"] = "cancelled"
+        if change.action in ("complete", "cancel"):
+            fields["status"] = "done" if change.action == "complete" else "cancelled"
+            undo = DEFAULT_UNDO_SECONDS if change.undo_seconds is None else change.undo_seconds
+            fields["reopen_until"] = now + timedelta(seconds=undo)
+        elif change.action == "reopen":
+            # Its reminders as they were: one that fell due while it was closed is pending still, and
+            # the loop arms it at once.
+            fields["status"] = "open"
+            fields["reopen_until"] = None
         else:
             new_due = _new_due(state, change, now)
             if new_due is not None:
@@ -276,6 +317,8 @@ class TaskWorkflow:
             if change.timezone is not None:
                 fields["timezone"] = change.timezone
                 fields["series_start"] = None
+            if change.assignee_id is not None:
+                fields["assignee_id"] = change.assignee_id
             if change.recurrence is not None:
                 fields["recurrence"] = change.recurrence
                 fields["recurrence_stopped"] = None
@@ -376,19 +419,53 @@ class TaskWorkflow:
             workflow.upsert_search_attributes(updates)
             self.indexed = (status, due_at)
 
-    async def _deliver(self, offset: int, fire_at: datetime) -> None:
-        """Deliver one reminder: a local activity in the wake-up's own workflow task waits on the clock
-        until ``fire_at`` (the timer fired up to DELIVER_AHEAD before it), writes the row and publishes;
-        a change that arrives meanwhile applies after it (decisions §12)."""
+    async def _remind(self, offset: int, fire_at: datetime) -> None:
+        """Version 3 (decisions §29, §30): arm the reminder in the worker's delivery wheel its lead ahead
+        (1 to 10 minutes, from the task id), which delivers it at ``fire_at`` outside any workflow task;
+        then, its grace after the instant (3 to 33 s, from the task id), deliver it from here (the
+        wheel's delivery is found and only recorded) and mark it done. A change
+        meanwhile returns to the loop, which saves it and arms again with the new version: the wheel's
+        delivery of the old one writes nothing (the database fences it by version)."""
+        task_id = self.state.task_id
+        if not await self._sleep_until(fire_at - arm_lead(task_id)):
+            return
+        try:
+            await workflow.execute_local_activity(
+                ARM_REMINDER,
+                self._delivery(offset, fire_at, armed=True),
+                start_to_close_timeout=LOCAL_TIMEOUT,
+                retry_policy=ARM_RETRY,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            workflow.logger.warning(
+                "reminder %s not armed, delivered after its grace: %s",
+                self.state.dedupe_key(offset),
+                _cause(exc),
+                extra=self._log_fields(),
+            )
+        if await self._sleep_until(fire_at + delivery_grace(task_id)):
+            await self._deliver(offset, fire_at)
+
+    def _delivery(self, offset: int, fire_at: datetime, *, armed: bool = False) -> DeliverReminderInput:
         state = self.state
-        delivery = DeliverReminderInput(
+        return DeliverReminderInput(
             task_id=state.task_id,
             organization_id=state.organization_id,
             dedupe_key=state.dedupe_key(offset),
             due_at=state.due_at,
             offset_seconds=offset,
             not_before=fire_at,
+            version=state.version if armed else None,
+            assignee_id=state.assignee_id if armed else None,
         )
+
+    async def _deliver(self, offset: int, fire_at: datetime) -> None:
+        """Deliver one reminder from the workflow. Version 2: a local activity in the wake-up's own
+        workflow task waits on the clock until ``fire_at`` (the timer fired up to DELIVER_AHEAD before
+        it), writes the row and publishes; a change that arrives meanwhile applies after it (decisions
+        §12). Version 3: the same activity after the instant, the wheel's delivery usually done."""
+        state = self.state
+        delivery = self._delivery(offset, fire_at)
         try:
             await workflow.execute_local_activity(
                 DELIVER_REMINDER,

@@ -23,6 +23,9 @@ const env = (name, fallback) => {
 };
 
 const DATABASE_URL = env("BENCH_DATABASE_URL");
+// The newest of TICKLER_ORGANIZATION_KEYS: row-level security reads an organization only with its
+// HMAC-SHA256 under a key the database holds (core/db.py, docs/decisions.md §26).
+const ORGANIZATION_KEY = env("BENCH_ORGANIZATION_KEY");
 const REDIS_URL = env("BENCH_REDIS_URL");
 const JWT_SECRET = env("BENCH_JWT_SECRET");
 const CHANNEL = env("BENCH_CHANNEL", "bench:baseline:notifications");
@@ -72,11 +75,19 @@ function readBody(req) {
 }
 
 // As core/db.py's tenant_transaction: row-level security sees only the transaction's organization.
+function enter(client, org) {
+  const signature = crypto.createHmac("sha256", ORGANIZATION_KEY).update(org).digest("hex");
+  return client.query(
+    "SELECT set_config('tickler.organization_id', $1, true), set_config('tickler.organization_sig', $2, true)",
+    [org, signature],
+  );
+}
+
 async function inTenant(pool, org, work) {
   const client = await pool.connect();
   try {
     await client.query("BEGIN");
-    await client.query("SELECT set_config('tickler.organization_id', $1, true)", [org]);
+    await enter(client, org);
     const result = await work(client);
     await client.query("COMMIT");
     return result;
@@ -206,7 +217,7 @@ async function worker() {
     let row;
     try {
       await client.query("BEGIN");
-      await client.query("SELECT set_config('tickler.organization_id', $1, true)", [org]);
+      await enter(client, org);
       const task = await client.query(
         "SELECT assignee_id, title, due_at, status FROM tasks WHERE id = $1 AND organization_id = $2",
         [taskId, org],

@@ -20,7 +20,7 @@ from chaos.scenarios import (
     stalled_reader,
     temporal_killed_mid_burst,
     web_killed_under_streams,
-    worker_killed_mid_burst,
+    worker_killed_in_lead_window,
 )
 from chaos.stack import Stack
 from tickler import devstack
@@ -34,6 +34,7 @@ SCALE = Scale(
     redis_outage=5.0,
     temporal_outage=5.0,
     kill_into_burst=-0.1,
+    kill_before_burst=1.0,
     postgres_outage=6.0,
     postgres_users=10,
     lock_hold=8.0,
@@ -42,7 +43,7 @@ SCALE = Scale(
     stall_proxy_watch=1.0,
     roll_seconds=14.0,
     roll_users=10,
-    deliver_within=45.0,
+    deliver_within=60.0,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -81,9 +82,12 @@ def _held(outcome: Outcome) -> None:
     assert not failed, failed
 
 
-async def test_a_worker_killed_mid_burst_loses_and_repeats_nothing(stack: Stack) -> None:
+async def test_a_worker_killed_in_the_lead_window_loses_and_repeats_nothing(stack: Stack) -> None:
+    """Since version 3 a small burst cannot be hit in its middle (the wheel writes it at once); a kill
+    just before the instant takes the armed reminders of one wheel with it (`make chaos` also kills a
+    worker 1 s into a large burst)."""
     await _whole(stack)
-    _held(await worker_killed_mid_burst(stack, SCALE))
+    _held(await worker_killed_in_lead_window(stack, SCALE))
 
 
 async def test_a_killed_web_process_costs_its_streams_nothing(stack: Stack) -> None:

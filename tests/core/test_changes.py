@@ -33,3 +33,11 @@ def test_the_old_flag_is_folded_into_clear() -> None:
 def test_a_field_is_given_or_cleared_not_both(body: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         TaskChange.model_validate(body)
+
+
+@pytest.mark.parametrize("assignee", ["", "two words", "x" * 65, "ana\n", "<script>"])
+def test_a_signal_cannot_give_a_task_to_an_id_the_api_would_refuse(assignee: str) -> None:
+    """Signals share TaskChange with the API: an assignee id is held to the API's Identifier."""
+    with pytest.raises(ValidationError):
+        TaskChange.model_validate({"action": "reschedule", "assignee_id": assignee})
+    assert TaskChange.model_validate({"action": "edit", "assignee_id": "crm:8@eu"}).assignee_id == "crm:8@eu"

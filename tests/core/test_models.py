@@ -9,7 +9,7 @@ from core.payloads import Recurrence, TaskState
 from tests.helpers import task_state
 
 # What only the workflow keeps: its schedule, its series' start and the request ids it has seen.
-WORKFLOW_ONLY = {"schedule_revision", "done_offsets", "recent_request_ids", "series_start"}
+WORKFLOW_ONLY = {"schedule_revision", "done_offsets", "recent_request_ids", "series_start", "reopen_until"}
 
 
 def test_every_column_is_written_from_the_state() -> None:

@@ -106,6 +106,7 @@ def topology(tmp_path: Path, haproxy: str) -> Iterator[Topology]:
         TICKLER_TEMPORAL_UI_PORT=str(devstack.free_port()),
         TICKLER_EMBEDDED_POSTGRES_PORT=str(devstack.free_port()),
         TICKLER_EMBEDDED_REDIS_PORT=str(devstack.free_port()),
+        TICKLER_EMBEDDED_SMTP_PORT=str(devstack.free_port()),
         TICKLER_EMBEDDED_TEMPORAL_PORT=str(devstack.free_port()),
         TICKLER_JWT_SECRET=SECRET,
         TICKLER_LOG_LEVEL="INFO",

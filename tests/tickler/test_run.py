@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import email
+import email.message
+import email.policy
 import json
 import signal
 import stat
@@ -74,8 +77,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     data_dir = tmp_path / "data"
     ports = {
         name: free_port()
-        for name in ("web", "postgres", "redis", "temporal", "temporal_ui", "web_metrics", "worker_metrics")
-    }
+        for name in (
+            "web", "postgres", "redis", "temporal", "temporal_ui", "web_metrics", "worker_metrics", "smtp"
+        )
+    }  # fmt: skip
     env = run_process.clean_environ()
     env.update(
         PYTHONUNBUFFERED="1",
@@ -87,6 +92,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         TICKLER_EMBEDDED_POSTGRES_PORT=str(ports["postgres"]),
         TICKLER_EMBEDDED_REDIS_PORT=str(ports["redis"]),
         TICKLER_EMBEDDED_TEMPORAL_PORT=str(ports["temporal"]),
+        TICKLER_EMBEDDED_SMTP_PORT=str(ports["smtp"]),
         TICKLER_JWT_SECRET=SECRET,
         TICKLER_LOG_LEVEL="INFO",
         # Idle streams send a heartbeat soon, which marks the end of a replay.
@@ -309,8 +315,8 @@ def test_run_survives_a_restart_and_fires_the_timer_that_fell_due_meanwhile(stac
                 NOTIFICATION_TIMEOUT,
             )
         )
-        [event] = [f for f in frames if f.event == "notification"]
-        [fired] = notifications(frames)
+        [event] = [f for f in frames if f.event == "notification" and task["id"] in "".join(f.data)]
+        [fired] = [n for n in notifications(frames) if n["task_id"] == task["id"]]
         assert event.id == str(fired["id"])
         assert fired["title"] == "Call Ana"
         assert datetime.fromisoformat(fired["due_at"]) == due
@@ -327,17 +333,43 @@ def test_run_survives_a_restart_and_fires_the_timer_that_fell_due_meanwhile(stac
                 NOTIFICATION_TIMEOUT,
             )
         )
-        assert [n["id"] for n in notifications(replay)] == [fired["id"]]
+        assert [n["id"] for n in notifications(replay) if n["task_id"] == task["id"]] == [fired["id"]]
         with httpx.Client(base_url=stack.web, timeout=10.0) as client:
             inbox = client.get("/v1/notifications", headers=headers)
             assert inbox.status_code == 200, inbox.text
-            assert [(n["id"], n["task_id"]) for n in inbox.json()["items"]] == [(fired["id"], task["id"])]
+            mine_fired = [
+                (n["id"], n["task_id"]) for n in inbox.json()["items"] if n["task_id"] == task["id"]
+            ]
+            assert mine_fired == [(fired["id"], task["id"])]
             fetched = client.get(f"/v1/tasks/{task['id']}", headers=headers)
             assert fetched.status_code == 200, fetched.text
             again = fetched.json()
             for key in ("id", "organization_id", "assignee_id", "title", "created_at"):
                 assert again[key] == task[key], key
             assert datetime.fromisoformat(again["due_at"]) == due
+
+            # Email escalation on the stack's own SMTP server: an unread reminder becomes an .eml file.
+            mail_dir = stack.data_dir / "mail"
+            log = stack.log_path.read_text(errors="replace")
+            assert f"smtp://127.0.0.1:{stack.ports['smtp']}, each message an .eml in {mail_dir}" in log
+            mine = {"email": "ana@example.com", "email_unread_after_seconds": 10}
+            assert client.put("/v1/me/settings", json=mine, headers=headers).status_code == 200
+            soon = {"title": "Send Bo the offer", "due_at": datetime.now(UTC).isoformat()}
+            assert client.post("/v1/tasks", json=soon, headers=headers).status_code == 201
+
+        def mailed() -> list[email.message.EmailMessage]:
+            found = [
+                email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+                for p in mail_dir.glob("*.eml")
+            ]
+            return [
+                m for m in found if isinstance(m, email.message.EmailMessage) and "Send Bo" in m["Subject"]
+            ]
+
+        _wait_for("the escalation's .eml", lambda: bool(mailed()), 90, proc)
+        [message] = mailed()
+        assert message["Subject"] == "Reminder: Send Bo the offer"
+        assert message["To"] == "ana@example.com"
 
         second_stop = stop_stack(stack, proc)
     except BaseException:
@@ -369,6 +401,9 @@ def test_a_signal_during_start_up_stops_what_started(stack: Stack) -> None:
 
 @pytest.mark.e2e
 def test_a_killed_run_takes_its_children_along(stack: Stack) -> None:
+    # No metrics ports: a port chosen free by the fixture was sometimes taken again by the time the web
+    # process bound it (still held by the previous test's stack), and this test is about processes.
+    stack.env.update(TICKLER_WEB_METRICS_PORT="0", TICKLER_WORKER_METRICS_PORT="0")
     try:
         proc, _ = start_stack(stack)
         descendants = psutil.Process(proc.pid).children(recursive=True)
@@ -403,3 +438,15 @@ def test_token_prints_a_jwt_the_api_accepts(tmp_path: Path) -> None:
     assert (principal.user_id, principal.organization_id) == ("7", "42")
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 24 * 3600  # --ttl defaults to a day
+    assert principal.roles == frozenset()
+    admin = subprocess.run(
+        [sys.executable, "-m", "tickler", "token", "--user", "7", "--org", "42", "--admin"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert admin.returncode == 0, admin.stderr
+    assert verify_token(_settings(), admin.stdout.strip()).roles == {"admin"}

@@ -331,7 +331,7 @@ async def test_a_workflow_started_under_the_old_key_runs_to_its_reminder_after_r
         await wait_until(delivered, within=30, what="the reminder under the rotated keys")
         handle = new_client.get_workflow_handle(workflow_id, result_type=TaskState)
         changed = await handle.execute_update(
-            CHANGE_UPDATE, TaskChange(action="complete"), result_type=TaskState
+            CHANGE_UPDATE, TaskChange(action="complete", undo_seconds=0), result_type=TaskState
         )
         assert changed.title == title
         assert (await handle.result()).status == "done"

@@ -285,7 +285,7 @@ async def test_a_fired_reminder_logs_its_ids_and_never_its_title_or_notes(
         assert {k: line[k] for k in TASK_FIELDS} == expected, line
     by_logger = {line["logger"] for line in lines}
     # The web process's lines, the workflow's (workflow.logger keeps our fields beside its own) and the
-    # delivery activity's.
-    assert {"web.tasks.service", "temporalio.workflow", "temporalio.activity"} <= by_logger, by_logger
+    # delivery's: the worker's wheel delivers at the instant, outside any activity (decisions §29).
+    assert {"web.tasks.service", "temporalio.workflow", "activities.tasks"} <= by_logger, by_logger
     [delivered] = captured.lines("reminder delivered", task_id=task_id)
-    assert delivered["temporal_activity"]["workflow_id"] == f"task-{task_id}"
+    assert (delivered["logger"], delivered["outcome"]) == ("activities.tasks", "wheel")

@@ -18,11 +18,13 @@ from typing import Any
 from temporalio.client import WorkflowHandle
 
 from core.maintenance import MaintenanceInput
-from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, Recurrence, TaskChange, TaskState
+from core.payloads import CHANGE_UPDATE, SYNC_UPDATE, EmailOutcome, Recurrence, TaskChange, TaskState
 from tests.workflows.conftest import Harness, fake_worker, start_environment
+from tests.workflows.test_email_workflow import FakeMailer, email_worker, start_escalation
 from tests.workflows.test_hostile_values import HOSTILE_SIGNALS
 from tests.workflows.test_maintenance_workflow import FakeMaintenance, maintenance_worker, run_maintenance
 from tests.workflows.test_task_workflow import new_task
+from tests.workflows.test_webhook_workflow import FakeReceiver, start_delivery, webhook_worker
 from workflows.task import TaskWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -86,6 +88,62 @@ async def hostile_values_then_a_rule_that_stops(h: Harness) -> WorkflowHandle[Ta
     return handle
 
 
+async def changed_in_the_lead_window(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    """Version 3: armed ahead, edited in the lead window (armed again), moved in it, then delivered."""
+    state = await new_task(h, timedelta(hours=1))
+    handle = await h.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await h.env.sleep(timedelta(hours=1) - timedelta(seconds=30))
+    await handle.execute_update(
+        CHANGE_UPDATE, TaskChange(action="edit", title="Call Ana"), result_type=TaskState
+    )
+    await handle.signal("snooze", {"minutes": 1})
+    await h.env.sleep(timedelta(hours=1))
+    await handle.execute_update(CHANGE_UPDATE, TaskChange(action="complete"), result_type=TaskState)
+    await handle.result()
+    return handle
+
+
+async def closed_reopened_then_closed_for_good(h: Harness) -> WorkflowHandle[TaskWorkflow, TaskState]:
+    """Issue 17's undo window (the `undo-window` patch): completed, reopened by an update after its
+    reminder fell due (which then fires), cancelled by a signal, reopened by one, completed for good."""
+    state = await new_task(h, timedelta(minutes=1))
+    handle = await h.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    done = TaskChange(action="complete", undo_seconds=600)
+    await handle.execute_update(CHANGE_UPDATE, done, result_type=TaskState)
+    await h.env.sleep(timedelta(minutes=5))
+    await handle.execute_update(CHANGE_UPDATE, TaskChange(action="reopen"), result_type=TaskState)
+    await h.env.sleep(timedelta(minutes=1))
+    await handle.signal("cancel")
+    await handle.signal("reopen")
+    await handle.execute_update(CHANGE_UPDATE, TaskChange(action="complete"), result_type=TaskState)
+    await handle.result()
+    return handle
+
+
+async def email_waits_out_quiet_hours_then_sends(h: Harness) -> WorkflowHandle[Any, Any]:
+    """Issue 18: an escalation held by quiet hours, its SMTP server failing once, then sent."""
+    start = await h.env.get_current_time()
+    script: list[EmailOutcome | Exception] = [
+        EmailOutcome(result="quiet hours", wait_until=start + timedelta(hours=9)),
+        ConnectionRefusedError("the SMTP server is down"),
+        EmailOutcome(result="sent"),
+    ]
+    async with email_worker(h.env, FakeMailer(h.env, script)) as queue:
+        handle = await start_escalation(h.env, queue, start + timedelta(minutes=10))
+        await handle.result()
+    return handle
+
+
+async def webhook_retried_then_delivered(h: Harness) -> WorkflowHandle[Any, Any]:
+    """Issue 18: a webhook delivery its receiver failed twice, then took."""
+    async with webhook_worker(h.env, FakeReceiver(h.env, fail_first=2)) as queue:
+        handle = await start_delivery(h.env, queue)
+        await handle.result()
+    return handle
+
+
 async def maintenance_audits_then_purges(h: Harness) -> WorkflowHandle[Any, Any]:
     """Issue 14: one run of the maintenance Schedule, its activities faked."""
     async with maintenance_worker(h.env, FakeMaintenance()) as queue:
@@ -99,6 +157,10 @@ SCENARIOS: list[Scenario] = [
     changes_and_signals_then_cancel,
     reminders_and_recurrence,
     hostile_values_then_a_rule_that_stops,
+    changed_in_the_lead_window,
+    closed_reopened_then_closed_for_good,
+    email_waits_out_quiet_hours_then_sends,
+    webhook_retried_then_delivered,
     maintenance_audits_then_purges,
 ]
 

@@ -19,8 +19,10 @@ from temporalio.worker import Replayer
 from core.codec import EncryptionCodec, EncryptionKey, data_converter
 from core.payloads import OLDEST_WORKFLOW_VERSION, TASK_WORKFLOW, WORKFLOW_VERSION, TaskWorkflowInput
 from core.settings import Settings
+from workflows.email import EmailEscalation
 from workflows.maintenance import MaintenanceWorkflow
 from workflows.task import TaskWorkflow
+from workflows.webhook import WebhookDelivery
 
 # Top level: today's recordings (`make histories`). Sub-folders: the task workflow's older versions that
 # running workflows may still have, one folder per version (v<N>/) or patch (pre-<patch id>/), kept
@@ -39,7 +41,8 @@ def test_histories_are_recorded() -> None:
 @pytest.mark.parametrize("path", HISTORIES, ids=[str(p.relative_to(ROOT).with_suffix("")) for p in HISTORIES])
 async def test_replay(path: Path) -> None:
     history = WorkflowHistory.from_json(f"task-{path.stem}", await asyncio.to_thread(path.read_text))
-    replayer = Replayer(workflows=[TaskWorkflow, MaintenanceWorkflow], data_converter=CONVERTER)
+    workflows = [TaskWorkflow, MaintenanceWorkflow, EmailEscalation, WebhookDelivery]
+    replayer = Replayer(workflows=workflows, data_converter=CONVERTER)
     await replayer.replay_workflow(history)
 
 

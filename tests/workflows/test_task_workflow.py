@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,10 +18,16 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from core.payloads import (
+    ARM_LEAD,
+    ARM_SPREAD,
     CHANGE_UPDATE,
     DELIVER_AHEAD,
+    DELIVERY_GRACE,
+    GRACE_SPREAD,
+    REARM_SIGNAL,
     SYNC_UPDATE,
     TASK_WORKFLOW,
     WORKFLOW_VERSION,
@@ -27,9 +36,11 @@ from core.payloads import (
     TaskChange,
     TaskState,
     TaskWorkflowInput,
+    arm_lead,
+    delivery_grace,
 )
 from tests.helpers import task_state, wait_until
-from tests.workflows.conftest import Harness, fake_worker, start_environment
+from tests.workflows.conftest import PAST_GRACE, Harness, fake_worker, start_environment
 from workflows.task import TaskWorkflow
 
 
@@ -52,7 +63,7 @@ async def test_fires_once_at_due_time_and_saves_the_row_first(harness: Harness) 
     assert harness.fakes.rows[state.task_id] == synced
     assert harness.fakes.deliveries == []
 
-    await harness.env.sleep(timedelta(days=2, seconds=1))
+    await harness.env.sleep(timedelta(days=2) + PAST_GRACE)
     await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
     [delivery] = harness.fakes.deliveries
     assert delivery.at >= state.due_at
@@ -62,24 +73,115 @@ async def test_fires_once_at_due_time_and_saves_the_row_first(harness: Harness) 
     assert len(harness.fakes.deliveries) == 1
 
 
-async def test_the_timer_fires_ahead_and_the_delivery_waits_for_the_instant(harness: Harness) -> None:
+async def test_version_2_fires_ahead_and_the_delivery_waits_for_the_instant(harness: Harness) -> None:
     state = await new_task(harness, timedelta(hours=3))
-    handle = await harness.start(state)
+    handle = await harness.start(state, version=2)
     await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
     await harness.env.sleep(timedelta(hours=3, seconds=1))
     [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
     assert delivery.input.not_before == state.due_at
+    assert harness.fakes.arms == []
     history = await handle.fetch_history()
-    [timer] = [
-        e.timer_started_event_attributes
-        for e in history.events
-        if e.HasField("timer_started_event_attributes")
-    ]
+    [timer] = _timers(history)
     [delivered] = [e for e in history.events if e.HasField("marker_recorded_event_attributes")][-1:]
-    assert timer.start_to_fire_timeout.ToTimedelta() <= timedelta(hours=3) - DELIVER_AHEAD
+    assert timer <= timedelta(hours=3) - DELIVER_AHEAD
     # A local activity: the wake-up's own workflow task delivers, no activity task.
     assert delivered.marker_recorded_event_attributes.marker_name == "core_local_activity"
     assert not [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+
+
+async def test_armed_ahead_then_delivered_after_the_grace(harness: Harness) -> None:
+    """Version 3 (decisions §29, §30): a timer the task's lead ahead arms the reminder in the worker's
+    wheel with the row's version, a timer the task's grace after the instant runs the workflow's own
+    delivery; both are local activities, and no workflow task is open at the instant itself."""
+    state = await new_task(harness, timedelta(hours=3))
+    lead, grace = arm_lead(state.task_id), delivery_grace(state.task_id)
+    handle = await harness.start(state)
+    synced = await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await harness.env.sleep(timedelta(hours=3) - lead + timedelta(seconds=1))
+    [arm] = await wait_until(lambda: harness.fakes.arms, what="the arm")
+    assert arm.input.not_before == state.due_at
+    assert arm.input.version == synced.version
+    assert arm.input.assignee_id == state.assignee_id
+    assert state.due_at - lead <= arm.at < state.due_at
+    assert harness.fakes.deliveries == []
+    await harness.env.sleep(lead + grace)
+    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
+    assert delivery.at >= state.due_at + grace
+    assert delivery.input.version is None  # the workflow's delivery is not fenced: it is the guarantee
+    assert delivery.input.dedupe_key == arm.input.dedupe_key
+    history = await handle.fetch_history()
+    arm_timer, grace_timer = _timers(history)
+    assert timedelta(hours=3) - lead - timedelta(seconds=1) < arm_timer <= timedelta(hours=3) - lead
+    assert lead + grace - timedelta(seconds=1) < grace_timer <= lead + grace
+    assert not [e for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+
+
+async def test_a_reminder_handed_back_by_a_stopping_worker_is_armed_again_and_delivered_once(
+    harness: Harness,
+) -> None:
+    """The ``rearm`` signal (a worker that stops, tickler/worker.py) arms the reminder again with the
+    same key and version; the grace delivery still comes once. With nothing left to arm it does nothing."""
+    state = await new_task(harness, timedelta(hours=1))
+    handle = await harness.start(state)
+    await harness.env.sleep(timedelta(hours=1) - arm_lead(state.task_id) + timedelta(seconds=1))
+    [first] = await wait_until(lambda: harness.fakes.arms, what="the arm")
+    await handle.signal(REARM_SIGNAL)
+    _, again = await wait_until(lambda: harness.fakes.arms[1:] and harness.fakes.arms, what="re-arm")
+    assert (again.input.dedupe_key, again.input.version) == (first.input.dedupe_key, first.input.version)
+    await harness.env.sleep(arm_lead(state.task_id) + PAST_GRACE)
+    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the reminder")
+    assert delivery.input.dedupe_key == first.input.dedupe_key
+    await handle.signal(REARM_SIGNAL)  # nothing left to arm: nothing happens
+    await send_change(handle, TaskChange(action="complete"))
+    assert (await handle.result()).status == "done"
+    assert len(harness.fakes.arms) == 2
+    assert len(harness.fakes.deliveries) == 1
+
+
+def test_leads_and_graces_spread_a_burst_and_never_change_for_a_task() -> None:
+    """§30: the reminders of a burst due at one instant arm over nine minutes and fall back to their
+    workflow's delivery over thirty seconds, each task always at the same point (replay gives the same
+    timers)."""
+    ids = [uuid.uuid4() for _ in range(2_000)]
+    leads = [arm_lead(task_id) for task_id in ids]
+    graces = [delivery_grace(task_id) for task_id in ids]
+    assert all(ARM_LEAD <= lead < ARM_LEAD + ARM_SPREAD for lead in leads)
+    assert all(DELIVERY_GRACE <= grace < DELIVERY_GRACE + GRACE_SPREAD for grace in graces)
+    for values, low, span in ((leads, ARM_LEAD, ARM_SPREAD), (graces, DELIVERY_GRACE, GRACE_SPREAD)):
+        tenths = Counter(int(10 * ((value - low) / span)) for value in values)
+        assert sorted(tenths) == list(range(10)), tenths
+        assert min(tenths.values()) > 100, tenths
+    assert [arm_lead(uuid.UUID(str(task_id))) for task_id in ids] == leads
+    assert len({(lead, grace) for lead, grace in zip(leads, graces, strict=True)}) > 1_900
+
+
+async def test_a_change_in_the_lead_window_arms_again_and_is_answered_at_once(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(hours=1))
+    handle = await harness.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await harness.env.sleep(timedelta(hours=1) - timedelta(seconds=30))
+    await wait_until(lambda: harness.fakes.arms, what="the arm")
+    edited = await send_change(handle, TaskChange(action="edit", title="Call Ana"))
+    # Answered in the lead window: the update did not wait for the instant.
+    assert await harness.now() < state.due_at
+    first, again = await wait_until(lambda: harness.fakes.arms[1:] and harness.fakes.arms, what="re-arm")
+    assert again.input.dedupe_key == first.input.dedupe_key
+    assert again.input.version == edited.version == (first.input.version or 0) + 1
+    moved = await send_change(handle, TaskChange(action="snooze", minutes=10))
+    await harness.env.sleep(timedelta(minutes=15))
+    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="the snoozed reminder")
+    assert delivery.input.due_at == moved.due_at
+    assert delivery.input.dedupe_key != first.input.dedupe_key
+    assert harness.fakes.arms[-1].input.dedupe_key == delivery.input.dedupe_key
+
+
+def _timers(history: Any) -> list[timedelta]:
+    return [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        for e in history.events
+        if e.HasField("timer_started_event_attributes")
+    ]
 
 
 @pytest.mark.parametrize("version", [0, 1, None], ids=["0", "1", "absent"])
@@ -143,7 +245,7 @@ async def test_reschedule_update_moves_the_timer_and_the_row(harness: Harness) -
 
     await harness.env.sleep(timedelta(days=2))
     assert harness.fakes.deliveries == []
-    await harness.env.sleep(timedelta(days=1, seconds=1))
+    await harness.env.sleep(timedelta(days=1) + PAST_GRACE)
     await wait_until(lambda: harness.fakes.deliveries, what="the moved reminder")
     assert harness.fakes.deliveries[0].at >= new_due
 
@@ -195,7 +297,7 @@ async def test_reschedule_after_firing_arms_it_again(harness: Harness) -> None:
     await wait_until(lambda: len(harness.fakes.deliveries) == 1, what="the first reminder")
     later = (await harness.now()) + timedelta(hours=2)
     await send_change(handle, TaskChange(action="reschedule", due_at=later))
-    await harness.env.sleep(timedelta(hours=2, seconds=1))
+    await harness.env.sleep(timedelta(hours=2) + PAST_GRACE)
     await wait_until(lambda: len(harness.fakes.deliveries) == 2, what="the second reminder")
     first, second = harness.fakes.keys()
     assert first != second
@@ -338,3 +440,82 @@ async def test_a_repeated_request_id_applies_once(harness: Harness) -> None:
     second = await send_change(handle, change)
     assert first.due_at == second.due_at
     assert first.version == second.version
+
+
+async def test_a_task_reopened_in_its_undo_window_fires_what_fell_due_while_it_was_closed(
+    harness: Harness,
+) -> None:
+    """Undo (issue 17): a done task waits for a reopen until its window ends; reopened, it is open with
+    its reminders as they were, and the one that fell due meanwhile is armed and delivered at once."""
+    state = await new_task(harness, timedelta(minutes=1))
+    handle = await harness.start(state)
+    done = await send_change(handle, TaskChange(action="complete", undo_seconds=600))
+    assert done.status == "done"
+    assert done.reopen_until == done.updated_at + timedelta(seconds=600)
+    # Armed at its creation (due within its lead) with version 1: the wheel's delivery of that version
+    # writes nothing once the task is done (the database fences it), and the workflow delivers none.
+    await harness.env.sleep(timedelta(minutes=5))
+    assert [a.input.version for a in harness.fakes.arms] == [state.version]
+    assert harness.fakes.deliveries == []
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+
+    reopened = await send_change(handle, TaskChange(action="reopen"))
+    assert reopened.status == "open"
+    assert reopened.reopen_until is None
+    assert harness.fakes.rows[state.task_id].status == "open"
+
+    def armed_again() -> list[Any]:
+        return [a for a in harness.fakes.arms if a.input.version == reopened.version]
+
+    [arm] = await wait_until(armed_again, what="the reminder that fell due while closed, armed again")
+    assert arm.input.not_before == state.due_at
+    await harness.env.sleep(PAST_GRACE)
+    [delivery] = await wait_until(lambda: harness.fakes.deliveries, what="its delivery")
+    assert delivery.input.dedupe_key == arm.input.dedupe_key
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await send_change(handle, TaskChange(action="reopen"))
+    assert isinstance(refused.value.cause, ApplicationError)
+    assert "the task is open" in str(refused.value.cause)
+
+
+async def test_after_its_undo_window_a_closed_task_ends_and_refuses_a_reopen(harness: Harness) -> None:
+    state = await new_task(harness, timedelta(hours=1))
+    handle = await harness.start(state)
+    await send_change(handle, TaskChange(action="cancel", undo_seconds=30))
+    assert (await handle.result()).status == "cancelled"
+    history = await handle.fetch_history()
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        for e in history.events
+        if e.HasField("timer_started_event_attributes")
+    ]
+    assert timedelta(seconds=29) < timers[-1] <= timedelta(seconds=30)
+    with pytest.raises(RPCError):
+        await handle.signal("reopen")
+
+
+async def test_a_reopen_signal_within_the_window_reopens(harness: Harness) -> None:
+    """Other services undo too: the `reopen` signal, after a `complete` signal with the default window."""
+    state = await new_task(harness, timedelta(hours=1))
+    handle = await harness.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await handle.signal("complete")
+    await wait_until(lambda: harness.fakes.rows[state.task_id].status == "done", what="the completion")
+    await handle.signal("reopen", {"request_id": "undo-1"})
+    await wait_until(lambda: harness.fakes.rows[state.task_id].status == "open", what="the reopen")
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+
+
+async def test_a_reopen_and_a_close_in_one_workflow_task_are_both_saved(harness: Harness) -> None:
+    """A reopen signal and a complete update that reach the workflow together: the task closes again and
+    the update is answered once its row is saved (the undo window's wait must give way to the save)."""
+    state = await new_task(harness, timedelta(hours=1))
+    handle = await harness.start(state)
+    await handle.execute_update(SYNC_UPDATE, result_type=TaskState)
+    await handle.signal("cancel")
+    await handle.signal("reopen")
+    done = await asyncio.wait_for(send_change(handle, TaskChange(action="complete")), timeout=20)
+    assert done.status == "done"
+    assert harness.fakes.rows[state.task_id].status == "done"
+    assert (await handle.result()).status == "done"

@@ -2,9 +2,10 @@
 
 ``tickler run``, the pytest session fixtures and the bench start them; every server keeps its files under
 one data dir. One module per server, and one for the supervision they share (process.py); proxy.py is
-HAProxy, in front of the web processes of `tickler run --replicas N`.
+HAProxy, in front of the web processes of `tickler run --replicas N`; mail.py the local SMTP server.
 """
 
+from tickler.devstack.mail import start_mail
 from tickler.devstack.postgres import login_url, start_postgres
 from tickler.devstack.process import STARTUP_TIMEOUT, ManagedProcess, free_port, spawn, wait_for_port
 from tickler.devstack.proxy import Backend, ProxyMissing, haproxy_executable, start_proxy
@@ -20,6 +21,7 @@ __all__ = [
     "haproxy_executable",
     "login_url",
     "spawn",
+    "start_mail",
     "start_postgres",
     "start_proxy",
     "start_redis",

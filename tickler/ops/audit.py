@@ -343,7 +343,8 @@ class Auditor:
             if (task_id := task_id_of(execution.id)) is not None
         }
         rows = await self._rows(by_task)
-        started_before = datetime.now(UTC) - self.row_grace
+        now = datetime.now(UTC)
+        started_before = now - self.row_grace
         candidates: list[tuple[uuid.UUID, WorkflowExecution, RowState | None]] = []
         for task_id, execution in by_task.items():
             row = rows.get(task_id)
@@ -355,11 +356,23 @@ class Auditor:
         async def still_running(candidate: tuple[uuid.UUID, WorkflowExecution, RowState | None]) -> bool:
             handle = self.temporal.get_workflow_handle(candidate[1].id, run_id=candidate[1].run_id)
             try:
-                return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+                if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                    return False
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     return False
                 raise
+            if candidate[2] is None:
+                return True
+            # A task done or cancelled keeps its workflow running through its undo window: it waits for
+            # a reopen, and closes by itself after it. Unanswered (no worker), it is a finding still.
+            try:
+                state = await handle.query(STATE_QUERY, result_type=TaskState, rpc_timeout=QUERY_TIMEOUT)
+            except (RPCError, WorkflowQueryFailedError):
+                return True
+            return not (
+                state.status != "open" and state.reopen_until is not None and state.reopen_until > now
+            )
 
         running = await self._each(candidates, still_running)
         # The rows again, after the describes: a row saved meanwhile (a new task's first save) is fine.

@@ -249,7 +249,9 @@ class Repairer:
     async def _close(self, finding: Finding) -> str:
         action = "complete" if finding.row_status == "done" else "cancel"
         try:
-            return await self._change(finding, TaskChange(action=action), f"its workflow was {action}d")
+            return await self._change(
+                finding, TaskChange(action=action, undo_seconds=0), f"its workflow was {action}d"
+            )
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise

@@ -36,10 +36,11 @@ CONTENT_SECURITY_POLICY = "; ".join(
 @hide
 async def index() -> Response:
     """The page: sign in, my tasks, the bell and its notifications, live."""
-    dev = resources().settings.env == "dev"
-    return Response(
-        await render_template("page/index.html", dev=dev), content_type="text/html; charset=utf-8"
+    settings = resources().settings
+    page = await render_template(
+        "page/index.html", dev=settings.env == "dev", undo_seconds=settings.undo_window_seconds
     )
+    return Response(page, content_type="text/html; charset=utf-8")
 
 
 @blueprint.get("/assets/<path:filename>")

@@ -63,6 +63,9 @@ Audience = tuple[str, str]  # (organization_id, user_id)
 
 
 class Subscription:
+    """One stream's place in the hub: its queue, and, while the stream waits on an empty queue, its
+    consumer, which takes each item at once instead (web/stream/service.py ``EventStream``)."""
+
     def __init__(
         self, audience: Audience, maxsize: int, on_overflow: Callable[[], None] | None = None
     ) -> None:
@@ -76,10 +79,17 @@ class Subscription:
         self.sent = True
         self.slot = 0
         self.expiry: asyncio.TimerHandle | None = None
+        # True if it took the item (its stream was waiting for one); else the item is queued.
+        self.consumer: Callable[[StreamItem], bool] | None = None
+
+    def _put(self, item: StreamItem) -> None:
+        if self.consumer is not None and self.queue.empty() and self.consumer(item):
+            return
+        self.queue.put_nowait(item)
 
     def offer(self, item: StreamItem) -> None:
         try:
-            self.queue.put_nowait(item)
+            self._put(item)
         except asyncio.QueueFull:
             if not self.overflowed and self.on_overflow is not None:
                 self.on_overflow()
@@ -90,16 +100,16 @@ class Subscription:
         # Drop what is queued: the client replays it after reconnecting.
         while not self.queue.empty():
             self.queue.get_nowait()
-        self.queue.put_nowait(Control.CLOSE)
+        self._put(Control.CLOSE)
 
     def visit(self) -> None:
         """The heartbeat clock's visit: a heartbeat if nothing was sent since the last one."""
         if self.sent:
             self.sent = False
         elif self.queue.empty():
-            self.queue.put_nowait(Control.HEARTBEAT)
             # Counted as sent: the next visit, half an interval on, clears it; the one after sends again.
             self.sent = True
+            self._put(Control.HEARTBEAT)
 
 
 class StreamHub:

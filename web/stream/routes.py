@@ -43,6 +43,11 @@ async def stream() -> Response:
     above your newest notification cannot be replayed: the stream starts from your newest one instead and
     says so first with `event: resync` (data `{"last_event_id": N}`, `id: N`); read your inbox again.
     Each stream's `retry:` is jittered, so that clients do not all come back at once.
+
+    Beside them, without `id:`: `event: notification.read` (read state, for your other tabs) and
+    `event: task.changed` (a task of yours created or changed anywhere, as `GET /v1/tasks/<id>` shows
+    it; also sent to the assignee it left). Neither is replayed: read the inbox and the list again after
+    a reconnect.
     """
     res = resources()
     who = principal()

@@ -115,6 +115,7 @@ async def update_task(task_id: uuid.UUID, data: TaskUpdate, headers: ChangeHeade
         recurrence=data.recurrence,
         clear=cleared,
         timezone=data.timezone,
+        assignee_id=data.assignee_id,
     )
     return await _change(task_id, change, headers)
 
@@ -140,11 +141,12 @@ async def snooze_task(task_id: uuid.UUID, data: SnoozeRequest, headers: ChangeHe
 @validate_headers(ChangeHeaders)
 @validate_response(TaskOut)
 async def complete_task(task_id: uuid.UUID, headers: ChangeHeaders) -> TaskOut:
-    """Mark the task done: no reminder of it fires any more.
+    """Mark the task done: no reminder of it fires any more, unless it is reopened within the undo window.
 
     With an `Idempotency-Key`, a retry answers the done task instead of 409.
     """
-    return await _change(task_id, TaskChange(action="complete"), headers)
+    change = TaskChange(action="complete", undo_seconds=resources().settings.undo_window_seconds)
+    return await _change(task_id, change, headers)
 
 
 @blueprint.delete("/<uuid:task_id>")
@@ -153,12 +155,26 @@ async def complete_task(task_id: uuid.UUID, headers: ChangeHeaders) -> TaskOut:
 @authenticated
 @validate_headers(ChangeHeaders)
 async def cancel_task(task_id: uuid.UUID, headers: ChangeHeaders) -> Response:
-    """Cancel the task (status `cancelled`): no reminder of it fires any more.
+    """Cancel the task (status `cancelled`): no reminder of it fires any more, unless it is reopened within
+    the undo window.
 
     With an `Idempotency-Key`, a retry answers 204 again instead of 409.
     """
-    await _change(task_id, TaskChange(action="cancel"), headers)
+    change = TaskChange(action="cancel", undo_seconds=resources().settings.undo_window_seconds)
+    await _change(task_id, change, headers)
     return Response(status=204)
+
+
+@blueprint.post("/<uuid:task_id>/reopen")
+@problems(401, 404, 409, 422, 429, 503)
+@authenticated
+@validate_headers(ChangeHeaders)
+@validate_response(TaskOut)
+async def reopen_task(task_id: uuid.UUID, headers: ChangeHeaders) -> TaskOut:
+    """Undo a complete or a delete: the task is open again, with its reminders as they were (one that fell
+    due meanwhile fires now). Only within `TICKLER_UNDO_WINDOW_SECONDS` of it; 409 after.
+    """
+    return await _change(task_id, TaskChange(action="reopen"), headers)
 
 
 async def _change(task_id: uuid.UUID, change: TaskChange, headers: ChangeHeaders) -> TaskOut:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -22,8 +20,7 @@ from core.payloads import (
     MAX_REMINDERS,
     TIMEZONES,
     NewRecurrence,
-    Recurrence,
-    TaskState,
+    TaskOut,
     TaskStatus,
     check_timezone,
     exactly_one_of,
@@ -90,12 +87,17 @@ class TaskUpdate(BaseModel):
     reminder_offsets: Offsets | SkipJsonSchema[None] = Field(None, json_schema_extra=_unsendable_default)
     recurrence: NewRecurrence | None = None
     timezone: TimeZone | SkipJsonSchema[None] = Field(None, json_schema_extra=_unsendable_default)
+    assignee_id: Identifier | SkipJsonSchema[None] = Field(
+        None,
+        description="Give the task to another user of the organization: its reminders go to them.",
+        json_schema_extra=_unsendable_default,
+    )
 
     @model_validator(mode="after")
     def _something(self) -> TaskUpdate:
         if not self.model_fields_set:
             raise ValueError("send at least one field to change")
-        for name in ("title", "due_at", "reminder_offsets", "timezone"):
+        for name in ("title", "due_at", "reminder_offsets", "timezone", "assignee_id"):
             if name in self.model_fields_set and getattr(self, name) is None:
                 raise ValueError(f"`{name}` cannot be null")
         return self
@@ -112,29 +114,6 @@ class SnoozeRequest(BaseModel):
         if (self.until is None) == (self.minutes is None):
             raise ValueError("give either `until` or `minutes`")
         return self
-
-
-class TaskOut(BaseModel):
-    id: uuid.UUID
-    organization_id: str
-    assignee_id: str
-    created_by: str
-    title: str
-    notes: str | None
-    due_at: datetime
-    status: TaskStatus
-    reminder_offsets: list[int]
-    recurrence: Recurrence | None
-    recurrence_stopped: str | None = Field(
-        None, description="Why the series stopped when its rule could not be used; a new rule clears it."
-    )
-    timezone: str
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_state(cls, state: TaskState) -> TaskOut:
-        return cls.model_validate({"id": state.task_id, **state.model_dump(exclude={"task_id"})})
 
 
 class TaskPage(BaseModel):

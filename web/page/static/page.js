@@ -14,8 +14,9 @@ import {
   wireInbox,
 } from "./inbox.js";
 import { clearError, failed, onUnauthorized } from "./messages.js";
-import { NotificationStream } from "./stream.js";
-import { clearTasks, loadTasks, showTasks, wireTasks } from "./tasks.js";
+import { SharedStream } from "./shared-stream.js";
+import { applyTask, clearTasks, focusTask, loadTasks, showTasks, wireTasks } from "./tasks.js";
+import { formatTime } from "./time.js";
 import { clearToasts, toast } from "./toasts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -38,11 +39,14 @@ function soon(fn, ms = 200) {
   );
 }
 
-const stream = new NotificationStream({
+// One stream for all the tabs of the page (shared-stream.js): this tab leads it or follows the one that does.
+const stream = new SharedStream({
   state: showLive,
   notification: onNotification,
   read: applyRead,
+  task: applyTask,
   resync: () => Promise.all([loadInbox(), refreshUnread(), loadTasks()]).catch(failed),
+  message: onTabMessage,
   expired: () => showSignIn(EXPIRED),
   check: async () => {
     try {
@@ -58,9 +62,78 @@ const stream = new NotificationStream({
 function onNotification(item) {
   putNotification(item);
   if (!item.read_at) toast(item, () => markRead(item.id));
+  if (stream.leading) desktopAlert(item);
   soon(refreshUnread);
-  // A task that fired is overdue now, or (recurring) due again later: show what the server says.
-  soon(loadTasks);
+  // A task that fired shows overdue by the page's clock; a recurring one moves on with its own
+  // `task.changed`.
+}
+
+// -- desktop notifications --------------------------------------------------------------------------
+//
+// Opt-in, per browser (localStorage). A reminder that fires while no tab of the page is visible raises one
+// system notification: the leading tab raises it, knowing which tabs are visible from what they post on
+// the shared stream's channel; its click brings the page forward on that task.
+
+const DESKTOP_KEY = "tickler.desktop-alerts";
+// A replay after a long reconnect brings old reminders: those do not pop up on the desktop.
+const DESKTOP_RECENT_MS = 5 * 60_000;
+const tab = crypto.randomUUID();
+// The other tabs that said they are visible (what the leader needs).
+const visibleTabs = new Set();
+
+const seen = () => document.visibilityState === "visible";
+const desktopSupported = () => "Notification" in window;
+const desktopOn = () =>
+  desktopSupported() && Notification.permission === "granted" && localStorage.getItem(DESKTOP_KEY) === "on";
+
+function tellVisibility(visible = seen()) {
+  stream.post("visibility", { tab, visible });
+}
+
+function onTabMessage(type, data) {
+  if (type === "hello") tellVisibility();
+  else if (type === "visibility" && data && typeof data.tab === "string") {
+    if (data.visible) visibleTabs.add(data.tab);
+    else visibleTabs.delete(data.tab);
+  }
+}
+
+function desktopAlert(item) {
+  if (!desktopOn() || item.read_at || seen() || visibleTabs.size > 0) return;
+  if (Date.now() - Date.parse(item.created_at) > DESKTOP_RECENT_MS) return;
+  const alert = new Notification(`Reminder: ${item.title}`, {
+    body: `Due ${formatTime(new Date(item.due_at))}`,
+    tag: `tickler-${item.id}`,
+  });
+  alert.onclick = () => {
+    window.focus();
+    focusTask(item.task_id);
+    alert.close();
+  };
+}
+
+function showDesktop() {
+  const button = $("desktop");
+  button.hidden = !desktopSupported();
+  if (button.hidden) return;
+  const blocked = Notification.permission === "denied";
+  const on = desktopOn();
+  button.setAttribute("aria-pressed", String(on));
+  button.disabled = blocked;
+  button.textContent = blocked ? "Desktop alerts blocked" : on ? "Desktop alerts on" : "Desktop alerts off";
+  button.title = blocked
+    ? "The browser blocks notifications for this site: allow them in its site settings."
+    : "Show a system notification when a reminder fires while no tab of Tickler is visible.";
+}
+
+async function toggleDesktop() {
+  if (desktopOn()) {
+    localStorage.setItem(DESKTOP_KEY, "off");
+  } else {
+    const permission = await Notification.requestPermission();
+    localStorage.setItem(DESKTOP_KEY, permission === "granted" ? "on" : "off");
+  }
+  showDesktop();
 }
 
 const LIVE_TEXT = {
@@ -111,7 +184,8 @@ async function signedIn(session) {
   if (me !== session) return;
   // Replay from the newest notification shown, so that nothing fired between that fetch and now is lost;
   // if the inbox did not load, start from now rather than replay (and toast) the whole history.
-  stream.start(inboxLoaded ? newestNotificationId() : null);
+  stream.start(me, inboxLoaded ? newestNotificationId() : null);
+  tellVisibility();
 }
 
 // A Secure cookie set over plain http (other than localhost) is dropped without a word: say so.
@@ -182,6 +256,14 @@ function wire() {
     }
   });
   $("error-close").addEventListener("click", clearError);
+  showDesktop();
+  $("desktop").addEventListener("click", () => toggleDesktop().catch(failed));
+  document.addEventListener("visibilitychange", () => tellVisibility());
+  window.addEventListener("pagehide", () => tellVisibility(false));
+  // Another tab turned desktop alerts on or off.
+  window.addEventListener("storage", (event) => {
+    if (event.key === DESKTOP_KEY) showDesktop();
+  });
   wireTasks();
   wireInbox();
   // Escape closes the snooze or reschedule menu that has focus, else the inbox.

@@ -16,7 +16,8 @@ function parse(text) {
 }
 
 export class NotificationStream {
-  // handlers: state(name, seconds?), notification(data), read(data), resync(), expired(), check() -> bool
+  // handlers: state(name, seconds?), notification(data), read(data), task(data), resync(), expired(),
+  // check() -> bool
   constructor(handlers) {
     this.handlers = handlers;
     this.source = null;
@@ -50,7 +51,7 @@ export class NotificationStream {
     source.onopen = () => {
       this.failures = 0;
       this.handlers.state("live");
-      // Read-state events are not replayed: after any gap, read the inbox again.
+      // Read-state and task events are not replayed: after any gap, read the inbox and the list again.
       if (this.opened) this.handlers.resync();
       this.opened = true;
     };
@@ -80,6 +81,12 @@ export class NotificationStream {
     source.addEventListener("notification.read", (event) => {
       const data = parse(event.data);
       if (data) this.handlers.read(data);
+    });
+    // A task of ours was created or changed, here or anywhere (another tab, a colleague, a service's
+    // signal): the task as the API shows it. Not replayed: after a gap, resync() reads the list again.
+    source.addEventListener("task.changed", (event) => {
+      const data = parse(event.data);
+      if (data) this.handlers.task(data);
     });
     source.addEventListener("session.expired", () => {
       this.stop();

@@ -8,6 +8,10 @@ import { formatRelative, formatTime, fromLocalInput, timeZone, toLocalInput, toR
 const $ = (id) => document.getElementById(id);
 const TASK_PAGE = 50;
 const RERENDER_MS = 30_000;
+// How long a task completed or deleted here can be taken back (TICKLER_UNDO_WINDOW_SECONDS); the offer
+// goes half a second early, since the server's window started before its answer reached us.
+const UNDO_MS = Number(document.body.dataset.undoSeconds || 0) * 1000;
+const UNDO_MARGIN_MS = 500;
 
 const state = {
   assignee: null,
@@ -17,6 +21,11 @@ const state = {
   // The create not answered yet: its body and key. Submitting the same body again retries it with the
   // same key, so that a create whose answer was lost is not made twice.
   creating: null,
+  // The newest `updated_at` seen of each task (ms): a change that arrives after a newer one (an answer
+  // and an event crossing) is not applied over it.
+  seen: new Map(),
+  // The task last completed or deleted here, while it can be reopened: { task, timer }.
+  undo: null,
 };
 
 // Signed in: whose tasks to list, and the form's defaults.
@@ -32,6 +41,8 @@ export function clearTasks() {
   state.tasks = [];
   state.cursor = null;
   state.creating = null;
+  state.seen.clear();
+  hideUndo();
   clearTimeout(state.rerender);
   $("task-list").replaceChildren();
   $("tasks").hidden = true;
@@ -66,10 +77,31 @@ async function loadMoreTasks() {
 
 const byDue = (a, b) => new Date(a.due_at) - new Date(b.due_at) || a.id.localeCompare(b.id);
 
+// Whether ``task`` is at least as new as what the page has seen of it; if so it is remembered as seen.
+function fresh(task) {
+  const at = Date.parse(task.updated_at);
+  if ((state.seen.get(task.id) ?? -Infinity) > at) return false;
+  state.seen.set(task.id, at);
+  return true;
+}
+
 function putTask(task) {
+  if (!fresh(task)) return;
   state.tasks = state.tasks.filter((t) => t.id !== task.id);
-  if (task.status === "open") state.tasks.push(task);
+  if (task.status === "open" && task.assignee_id === state.assignee) state.tasks.push(task);
   renderTasks();
+}
+
+// `task.changed` from the stream: created, changed, snoozed, given to someone else, done or cancelled,
+// wherever that happened. The row moves, appears or goes without a reload; focus stays where it was
+// unless its row went.
+export function applyTask(task) {
+  if (!state.assignee) return;
+  const row = findRow(task.id);
+  const stays = task.status === "open" && task.assignee_id === state.assignee;
+  const refocus = row?.contains(document.activeElement) && !stays ? focusAfterRemoving(row) : null;
+  putTask(task);
+  if (refocus && !findRow(task.id)) refocus();
 }
 
 function dropTask(id) {
@@ -154,7 +186,7 @@ async function act(row, change) {
 }
 
 function focusAfterRemoving(row) {
-  const next = row.nextElementSibling || row.previousElementSibling;
+  const next = row && (row.nextElementSibling || row.previousElementSibling);
   return () => (next ? next.querySelector("button") : $("tasks-title")).focus();
 }
 
@@ -177,7 +209,9 @@ async function createTask(event) {
     state.creating = null;
     clearError();
     putTask(task);
-    $("task-title").value = "";
+    // The stream's task.changed may have shown the task before this answer, and the next title may be
+    // being typed already: clear the field only if it still holds this one.
+    if ($("task-title").value.trim() === title) $("task-title").value = "";
     $("task-title").focus();
     announce(`Added “${task.title}”, due ${formatTime(new Date(task.due_at))}.`);
   } catch (error) {
@@ -188,20 +222,59 @@ async function createTask(event) {
 }
 
 async function complete(task) {
-  await api("POST", `/v1/tasks/${task.id}/complete`);
+  // Where the focus goes is settled first: the stream's task.changed may take the row away before the
+  // answer comes.
   const refocus = focusAfterRemoving(findRow(task.id));
+  const done = await api("POST", `/v1/tasks/${task.id}/complete`);
+  fresh(done);
   dropTask(task.id);
   refocus();
-  announce(`“${task.title}” is done.`);
+  offerUndo(task, `“${task.title}” is done.`);
 }
 
+// No "are you sure?": the delete can be undone instead.
 async function remove(task) {
-  if (!window.confirm(`Delete “${task.title}”? Its reminders will not fire.`)) return;
-  await api("DELETE", `/v1/tasks/${task.id}`);
   const refocus = focusAfterRemoving(findRow(task.id));
+  await api("DELETE", `/v1/tasks/${task.id}`);
   dropTask(task.id);
   refocus();
-  announce(`Deleted “${task.title}”.`);
+  offerUndo(task, `Deleted “${task.title}”.`);
+}
+
+function offerUndo(task, text) {
+  hideUndo();
+  if (UNDO_MS <= UNDO_MARGIN_MS) {
+    announce(text);
+    return;
+  }
+  state.undo = { task, timer: setTimeout(hideUndo, UNDO_MS - UNDO_MARGIN_MS) };
+  $("undo-text").textContent = text;
+  $("undo-button").setAttribute("aria-label", `Undo: ${task.title}`);
+  $("undo").hidden = false;
+}
+
+function hideUndo() {
+  if (state.undo) clearTimeout(state.undo.timer);
+  state.undo = null;
+  $("undo").hidden = true;
+}
+
+// Reopen what was just completed or deleted: back in the list with its reminders as they were (one
+// that fell due meanwhile fires now). Too late, the API answers 409 and the page says so.
+async function undo() {
+  const offer = state.undo;
+  if (!offer) return;
+  const hadFocus = $("undo").contains(document.activeElement);
+  hideUndo();
+  try {
+    const task = await api("POST", `/v1/tasks/${offer.task.id}/reopen`);
+    clearError();
+    putTask(task);
+    announce(`“${task.title}” is back.`);
+    if (hadFocus) findRow(task.id)?.querySelector("button")?.focus();
+  } catch (error) {
+    failed(error);
+  }
 }
 
 async function snooze(task, minutes) {
@@ -220,6 +293,17 @@ async function reschedule(task, value) {
   announce(`Rescheduled “${changed.title}” to ${formatTime(new Date(changed.due_at))}.`);
 }
 
+// A desktop notification was clicked: show its task (or the list, if it is no longer there).
+export function focusTask(id) {
+  const row = findRow(id);
+  if (!row) {
+    $("tasks-title").focus();
+    return;
+  }
+  row.scrollIntoView({ block: "center" });
+  row.querySelector("button").focus();
+}
+
 function findRow(id) {
   return keyedRow($("task-list"), id);
 }
@@ -233,6 +317,7 @@ function closeMenus(within, refocus = false) {
 
 export function wireTasks() {
   $("new-task").addEventListener("submit", createTask);
+  $("undo-button").addEventListener("click", () => undo());
   $("more-tasks").addEventListener("click", () => loadMoreTasks().catch(failed));
   // A click elsewhere closes an open snooze or reschedule menu.
   document.addEventListener("click", (event) => {

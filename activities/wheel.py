@@ -1,0 +1,186 @@
+"""The delivery wheel: reminders armed ahead of their instant, delivered at it together, in the worker.
+
+A task workflow of version 3 arms each reminder here ARM_LEAD before its instant (the ``arm_reminder``
+local activity returns at once), then sleeps until DELIVERY_GRACE after it. The wheel keeps one timer
+per distinct instant, not per reminder: when the worker's wall clock reads the instant (never before: a
+sleep that ends early is slept again), every reminder armed for it is handed to one ``deliver`` call,
+which writes them in a few statements and publishes them in one pipeline. No workflow task is open
+meanwhile, so no caller waits for the instant, and a burst pays no wake-ups at its instant.
+
+The workflow's own delivery, at its grace timer, asks :meth:`DeliveryWheel.settled` first: usually it
+finds the wheel's delivery done and returns its notification id; it delivers by itself when this
+process never armed the reminder (another worker did and died, or this one restarted), or when the
+wheel's delivery did not write it (failed, fenced, closed). Memory only: nothing here must survive
+a restart, the durable timer is the guarantee (docs/decisions.md §29). A worker that stops gracefully
+gives what it holds back to the workflows (:meth:`DeliveryWheel.release`, tickler/worker.py), which arm
+it again elsewhere; one that dies leaves it to their grace timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from core.gcwatch import Deliveries
+from core.payloads import DELIVER_AHEAD, DeliverReminderInput
+
+log = logging.getLogger(__name__)
+
+# What a batch delivery answers for each reminder: the notification id it wrote or found and published,
+# or None when it wrote nothing the workflow can count on (stale, closed, missing: the workflow's own
+# delivery looks again and decides).
+Deliver = Callable[[Sequence[DeliverReminderInput]], Awaitable[Sequence[int | None]]]
+
+# How long a delivered reminder's outcome is kept for its workflow's grace timer to find.
+RETAIN = timedelta(minutes=10)
+
+
+@dataclass(eq=False)
+class Armed:
+    input: DeliverReminderInput
+    done: asyncio.Future[int | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    # Taken by a batch: no longer replaced in place.
+    taken: bool = False
+
+
+class DeliveryWheel:
+    def __init__(
+        self,
+        deliver: Deliver,
+        deliveries: Deliveries | None = None,
+        *,
+        ahead: timedelta = DELIVER_AHEAD,
+        retain: timedelta = RETAIN,
+    ) -> None:
+        self._deliver = deliver
+        # The process's garbage collector waits while a delivery is in hand (core/gcwatch.py): from
+        # ``ahead`` before the instant to the end of the batch.
+        self._deliveries = deliveries or Deliveries()
+        self._ahead = ahead
+        self._retain = retain
+        # The latest armed entry of each dedupe key, waiting, in flight or done.
+        self._armed: dict[str, Armed] = {}
+        # What waits for each instant, and its one timer.
+        self._waiting: dict[datetime, dict[str, Armed]] = {}
+        self._timers: dict[datetime, asyncio.TimerHandle] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self._finished: deque[tuple[float, str, Armed]] = deque()
+
+    def __len__(self) -> int:
+        """Reminders waiting for their instant."""
+        return sum(len(bucket) for bucket in self._waiting.values())
+
+    def arm(self, input: DeliverReminderInput) -> None:
+        """Deliver ``input`` at ``input.not_before`` (at once if that has passed). Armed again with the
+        same dedupe key, the newer input replaces a waiting one; one delivered already stays delivered."""
+        key = input.dedupe_key
+        current = self._armed.get(key)
+        if current is not None and not current.taken:
+            self._unwait(current)
+        elif current is not None and current.done.done() and current.done.result() is not None:
+            return
+        armed = Armed(input)
+        self._armed[key] = armed
+        instant = input.not_before
+        bucket = self._waiting.get(instant)
+        if bucket is None:
+            bucket = self._waiting[instant] = {}
+            loop = asyncio.get_running_loop()
+            wake = (instant - self._ahead - datetime.now(UTC)).total_seconds()
+            self._timers[instant] = loop.call_at(loop.time() + wake, self._start, instant)
+        bucket[key] = armed
+
+    async def settled(self, dedupe_key: str) -> int | None:
+        """The notification id this wheel delivered for ``dedupe_key``, waiting for a batch in flight;
+        None when it did not deliver it (never armed here, not due yet by this clock, or not written).
+        The caller is the workflow's delivery, which then delivers by itself: the entry is dropped."""
+        armed = self._armed.pop(dedupe_key, None)
+        if armed is None:
+            return None
+        if not armed.taken:
+            self._unwait(armed)
+            return None
+        return await asyncio.shield(armed.done)
+
+    def release(self) -> list[DeliverReminderInput]:
+        """Drop every reminder armed here and not taken by a batch yet, and return them: a worker that
+        stops gives them back to their workflows, which arm them on the worker that runs them next."""
+        released = [armed.input for armed in self._armed.values() if not armed.taken]
+        for input in released:
+            self._unwait(self._armed.pop(input.dedupe_key))
+        return released
+
+    async def aclose(self) -> None:
+        """Stop arming timers and let the batches in flight end (a worker shutting down)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._waiting.clear()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    # -- inside --------------------------------------------------------------------------------------
+
+    def _unwait(self, armed: Armed) -> None:
+        instant = armed.input.not_before
+        bucket = self._waiting.get(instant)
+        if bucket is not None and bucket.get(armed.input.dedupe_key) is armed:
+            del bucket[armed.input.dedupe_key]
+            if not bucket:
+                del self._waiting[instant]
+                timer = self._timers.pop(instant, None)
+                if timer is not None:
+                    timer.cancel()
+
+    def _start(self, instant: datetime) -> None:
+        self._timers.pop(instant, None)
+        task = asyncio.get_running_loop().create_task(self._run(instant))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, instant: datetime) -> None:
+        with self._deliveries.delivering():
+            await wait_for(instant)
+            bucket = self._waiting.pop(instant, {})
+            batch = list(bucket.values())
+            if not batch:
+                return
+            for armed in batch:
+                armed.taken = True
+            try:
+                outcomes: Sequence[int | None] = await self._deliver([a.input for a in batch])
+            except Exception:
+                # The workflows' grace timers deliver each of them, with their retries.
+                log.exception("%d reminders due at %s not delivered by the wheel", len(batch), instant)
+                outcomes = [None] * len(batch)
+        now = asyncio.get_running_loop().time()
+        for armed, outcome in zip(batch, outcomes, strict=True):
+            if not armed.done.done():
+                armed.done.set_result(outcome)
+            self._finished.append((now, armed.input.dedupe_key, armed))
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Drop what was delivered longer than ``retain`` ago and never asked for (its workflow moved to
+        another worker, or the reminder was fenced by a change)."""
+        horizon = now - self._retain.total_seconds()
+        while self._finished and self._finished[0][0] < horizon:
+            _, key, armed = self._finished.popleft()
+            if self._armed.get(key) is armed:
+                del self._armed[key]
+
+
+async def wait_for(instant: datetime, at_most: timedelta | None = None) -> None:
+    """Sleep until the wall clock reads ``instant`` (a sleep may end a hair early: look again), for at
+    most ``at_most`` when given, whatever the clock says."""
+    now = datetime.now(UTC)
+    deadline = now + at_most if at_most is not None else instant
+    end = min(instant, deadline)
+    while (now := datetime.now(UTC)) < end:  # noqa: ASYNC110 (a clock, not an event)
+        await asyncio.sleep((end - now).total_seconds())
