@@ -27,10 +27,18 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.tasks import TaskActivities
+from core import payloads
 from core.auth import mint_token
 from core.db import make_sessionmaker, tenant_transaction
 from core.models import Notification, Task
-from core.payloads import SYNC_UPDATE, TASK_WORKFLOW, WORKFLOW_VERSION, TaskState, TaskWorkflowInput
+from core.payloads import (
+    SYNC_UPDATE,
+    TASK_WORKFLOW,
+    WORKFLOW_VERSION,
+    TaskState,
+    TaskWorkflowInput,
+    delivery_grace,
+)
 from core.pubsub import Channel
 from core.recurrence import RuleRunner
 from core.settings import Settings
@@ -77,6 +85,22 @@ async def wait_until(
 def new_org() -> str:
     """Each test works in its own organization, so tests never see each other's rows."""
     return f"org-{uuid.uuid4().hex[:12]}"
+
+
+def short_grace_key(org: str, user: str) -> str:
+    """An Idempotency-Key whose task's grace step (3 to 33 s after each instant, by task id) comes ~4 s
+    after it: a test waiting for what the grace step starts (reminder.fired webhooks, email
+    escalation, the reminders' metrics) waits that, not up to 33 s. Same path as any create."""
+    return payloads.short_grace_key(org, user, "short-grace-")
+
+
+def short_grace_task_id(at_most: timedelta = payloads.SHORT_GRACE) -> uuid.UUID:
+    """A task id whose grace step comes within ``at_most`` of each instant (short_grace_key's, for a
+    workflow a test starts itself)."""
+    while True:
+        task_id = uuid.uuid4()
+        if delivery_grace(task_id) <= at_most:
+            return task_id
 
 
 def bearer(settings: Settings, user: str, org: str, ttl: int = 600) -> dict[str, str]:

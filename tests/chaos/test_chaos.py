@@ -44,6 +44,7 @@ SCALE = Scale(
     roll_seconds=14.0,
     roll_users=10,
     deliver_within=60.0,
+    short_graces=True,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]

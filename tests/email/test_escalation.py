@@ -24,11 +24,12 @@ from temporalio.service import RPCError
 from activities.email import EmailActivities
 from core.payloads import EmailInput, email_workflow_id
 from core.settings import Settings
-from tests.helpers import bearer, new_org, run_worker, serve_app, wait_until
+from tests.helpers import bearer, new_org, run_worker, serve_app, short_grace_key, wait_until
 from tickler import devstack
 
-# The reminder's grace (3 to 33 s after its instant) starts the escalation; 10 s unread is the least.
-MAILED_WITHIN = 60.0
+# The reminder's grace step starts the escalation: the tests' tasks take ids whose grace is ~4 s
+# (short_grace_key), then 10 s unread is the least.
+MAILED_WITHIN = 30.0
 
 
 @dataclass
@@ -78,8 +79,10 @@ async def mailing(
         yield own, client
 
 
-async def create(client: httpx.AsyncClient, headers: dict[str, str], title: str) -> str:
+async def create(client: httpx.AsyncClient, settings: Settings, org: str, user: str, title: str) -> str:
+    """A task due now, its grace step ~4 s after (short_grace_key)."""
     due = datetime.now(UTC).isoformat()
+    headers = bearer(settings, user, org) | {"Idempotency-Key": short_grace_key(org, user)}
     response = await client.post("/v1/tasks", json={"title": title, "due_at": due}, headers=headers)
     assert response.status_code == 201, response.text
     task_id: str = response.json()["id"]
@@ -113,11 +116,11 @@ async def test_an_unread_reminder_is_mailed_once_and_a_read_one_never(
 
     # A colleague's escalation waits longer: it is read while its workflow waits, and found read.
     other = bearer(own, "8", org)
-    later = {"email": f"bo-{org}@example.com", "email_unread_after_seconds": 45}
+    later = {"email": f"bo-{org}@example.com", "email_unread_after_seconds": 20}
     assert (await client.put("/v1/me/settings", json=later, headers=other)).status_code == 200
 
-    unread_task = await create(client, headers, "Call Ana back")
-    read_task = await create(client, other, "Send Bo the offer")
+    unread_task = await create(client, own, org, "7", "Call Ana back")
+    read_task = await create(client, own, org, "8", "Send Bo the offer")
     unread = await notification_of(client, headers, unread_task)
     read = await notification_of(client, other, read_task)
     waiting = temporal.get_workflow_handle(email_workflow_id(org, read["id"]))
@@ -180,7 +183,8 @@ async def test_quiet_hours_hold_the_email_back_until_they_end(
         "timezone": "America/Sao_Paulo",
     }
     assert (await client.put("/v1/me/settings", json=body, headers=headers)).status_code == 200
-    notification = await notification_of(client, headers, await create(client, headers, "Call Ana back"))
+    task_id = await create(client, own, org, "7", "Call Ana back")
+    notification = await notification_of(client, headers, task_id)
     handle = temporal.get_workflow_handle(email_workflow_id(org, notification["id"]))
 
     async def held() -> str | None:

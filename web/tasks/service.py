@@ -51,6 +51,7 @@ from core.payloads import (
     TaskChange,
     TaskState,
     TaskWorkflowInput,
+    idempotent_task_id,
 )
 from core.recurrence import RuleUnusable, RunnerBusy
 from core.temporal import task_search_attributes, task_workflow_id
@@ -60,9 +61,6 @@ from web.tasks.schemas import TaskCreate, TaskQuery
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Idempotency keys map to task ids in a namespace of their own.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0c7a4e-4a57-4bd7-9c55-3f8a3c0d9e21")
 
 
 async def _confirmed(
@@ -144,7 +142,7 @@ def _request_hash(body: TaskCreate) -> str:
 
 def _same_request(state_hash: str | None, request_hash: str | None) -> None:
     if request_hash is not None and state_hash != request_hash:
-        # The key names a task (IDEMPOTENCY_NAMESPACE) that exists with other contents: a clash with that
+        # The key names a task (idempotent_task_id) that exists with other contents: a clash with that
         # task's state, as when its workflow has closed (create_task), not an invalid request.
         raise Conflict("This Idempotency-Key was used with a different body; use a new key.")
 
@@ -171,9 +169,7 @@ async def create_task(
     task_id = uuid.uuid4()
     if idempotency_key is not None:
         request_hash = _request_hash(body)
-        task_id = uuid.uuid5(
-            IDEMPOTENCY_NAMESPACE, f"{who.organization_id}\0{who.user_id}\0{idempotency_key}"
-        )
+        task_id = idempotent_task_id(who.organization_id, who.user_id, idempotency_key)
         existing = await _find(res, who, task_id)
         if existing is not None:
             _same_request(existing.request_hash, request_hash)
