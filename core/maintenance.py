@@ -74,11 +74,13 @@ class PurgeRequest(BaseModel):
 
 
 class PurgeSummary(BaseModel):
+    # Read notifications deleted, in how many statements.
     deleted: int = 0
     batches: int = 0
-    # Read notifications created before this instant were deleted.
+    # Read notifications created, and webhook delivery attempts made, before this instant were deleted.
     cutoff: datetime
     seconds: float = 0.0
+    webhook_attempts_deleted: int = 0
 
 
 class MaintenanceResult(BaseModel):

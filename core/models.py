@@ -185,7 +185,11 @@ class WebhookDelivery(Base):
     """One attempt at POSTing one event to one endpoint: its answer, or why there was none."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),)
+    __table_args__ = (
+        Index("ix_webhook_deliveries_endpoint_id", "endpoint_id", "id"),
+        # The purge's walk, oldest first (tickler/ops/purge.py).
+        Index("ix_webhook_deliveries_attempted_at", "attempted_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     organization_id: Mapped[str] = mapped_column(Text)

@@ -392,7 +392,8 @@ class Settings(BaseSettings):
         "tickler_maintenance",
         description=(
             "Role of the sessions of `tickler audit`, `repair`, `purge`, `stats` and the maintenance "
-            "Schedule: it reads every organization's rows and deletes read notifications, nothing else "
+            "Schedule: it reads every organization's rows and deletes read notifications and webhook "
+            "delivery attempts, nothing else "
             "(empty: the login role)."
         ),
     )
@@ -412,8 +413,8 @@ class Settings(BaseSettings):
         ge=0,
         le=MAX_RETENTION_DAYS,
         description=(
-            "Read notifications created longer ago than this are deleted by `tickler purge` and the "
-            "maintenance Schedule (0: kept for ever; at most 36,500)."
+            "Read notifications created, and webhook delivery attempts made, longer ago than this are "
+            "deleted by `tickler purge` and the maintenance Schedule (0: kept for ever; at most 36,500)."
         ),
     )
     maintenance_interval_seconds: int = Field(

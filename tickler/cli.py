@@ -212,7 +212,9 @@ def _add_operations(commands: Any) -> None:
         command.add_argument("--json", action="store_true", help="print JSON")
     audit.set_defaults(func=_cmd_audit)
     repair.set_defaults(func=_cmd_repair)
-    purge = commands.add_parser("purge", help="delete read notifications older than the retention")
+    purge = commands.add_parser(
+        "purge", help="delete read notifications and webhook delivery attempts older than the retention"
+    )
     purge.add_argument(
         "--older-than",
         type=_up_to(PURGE_DAYS_MAX),

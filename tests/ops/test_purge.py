@@ -6,6 +6,7 @@ import asyncio
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,11 +16,11 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.db import tenant_transaction
-from core.models import Notification
+from core.models import Notification, WebhookDelivery, WebhookEndpoint
 from core.settings import Settings
 from tests.helpers import command_env, new_org, notification_row, task_row
 from tickler.ops.connections import maintenance_engine
-from tickler.ops.purge import purge_read_notifications
+from tickler.ops.purge import purge, purge_read_notifications
 
 OLD = timedelta(days=100)
 
@@ -83,7 +84,10 @@ async def test_purge_deletes_old_read_notifications_only(
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 0, err.decode()
-    printed = re.search(r"deleted (\d+) read notifications created before \S+ \((\d+) batches", out.decode())
+    printed = re.search(
+        r"deleted (\d+) read notifications created before \S+ \((\d+) batches .* and (\d+) webhook delivery",
+        out.decode(),
+    )
     assert printed, out.decode()
     # Other tests' rows are younger than 90 days: what went is at least this test's.
     assert int(printed.group(1)) >= 2_300
@@ -127,3 +131,59 @@ async def test_the_maintenance_role_cannot_delete_an_unread_notification(
         )
     assert deleted.rowcount == 0
     assert await remaining(sessionmaker, org, ids["old_unread"]) == 1
+
+
+async def seed_attempts(
+    sessionmaker: async_sessionmaker[AsyncSession], org: str, *, old: int, recent: int
+) -> dict[str, list[int]]:
+    """Delivery attempts at one endpoint of ``org``: ids by age, the recent ones inserted first."""
+    now = datetime.now(UTC)
+    async with tenant_transaction(sessionmaker, org) as session:
+        endpoint = WebhookEndpoint(
+            id=uuid.uuid4(),
+            organization_id=org,
+            url="https://hooks.example.com/",
+            events=["task.changed"],
+            secret="whsec_" + "A" * 32,
+        )
+        session.add(endpoint)
+        await session.flush()
+        rows = {
+            kind: [
+                WebhookDelivery(
+                    organization_id=org,
+                    endpoint_id=endpoint.id,
+                    event_id=f"evt_{kind}_{n}",
+                    event_type="task.changed",
+                    attempt=1,
+                    attempted_at=at,
+                    status_code=200,
+                )
+                for n in range(count)
+            ]
+            for kind, count, at in (("recent", recent, now - timedelta(days=1)), ("old", old, now - OLD))
+        }
+        session.add_all([row for batch in rows.values() for row in batch])
+    return {kind: [row.id for row in batch] for kind, batch in rows.items()}
+
+
+async def test_webhook_delivery_attempts_past_the_retention_go_too(
+    maintenance: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    org, other = new_org(), new_org()
+    ids = await seed_attempts(sessionmaker, org, old=230, recent=4)
+    others = await seed_attempts(sessionmaker, other, old=3, recent=2)
+
+    summary = await purge(maintenance, timedelta(days=90), batch=100)
+    assert summary.webhook_attempts_deleted >= 233, "every organization's, a hundred per statement"
+
+    async def left(organization: str, wanted: list[int]) -> int:
+        async with tenant_transaction(sessionmaker, organization) as session:
+            found = await session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.id.in_(wanted)))
+            return len(found.all())
+
+    assert await left(org, ids["old"]) == 0
+    assert await left(org, ids["recent"]) == 4
+    assert await left(other, others["old"]) == 0
+    assert await left(other, others["recent"]) == 2
+    assert (await purge(maintenance, timedelta(days=90), batch=100)).webhook_attempts_deleted == 0

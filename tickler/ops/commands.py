@@ -18,7 +18,7 @@ from core.maintenance import FindingKind
 from core.settings import Settings
 from tickler.ops.audit import Auditor, Finding, summary_of
 from tickler.ops.connections import connected
-from tickler.ops.purge import purge_read_notifications
+from tickler.ops.purge import purge as purge_retained
 from tickler.ops.repair import Outcome, Repairer, repair_all
 from tickler.ops.schedule import ensure_schedule
 from tickler.ops.stats import OrganizationStats, organization_stats
@@ -154,10 +154,11 @@ async def purge(settings: Settings, older_than_days: int | None, batch: int) -> 
 
     async def run() -> int:
         async with connected(settings) as clients:
-            summary = await purge_read_notifications(clients.engine, timedelta(days=days), batch=batch)
+            summary = await purge_retained(clients.engine, timedelta(days=days), batch=batch)
         print(
             f"deleted {summary.deleted} read notifications created before {summary.cutoff.isoformat()} "
-            f"({summary.batches} batches of up to {batch}, {summary.seconds} s)"
+            f"({summary.batches} batches of up to {batch}) and {summary.webhook_attempts_deleted} webhook "
+            f"delivery attempts, in {summary.seconds} s"
         )
         return OK
 

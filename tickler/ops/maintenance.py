@@ -15,7 +15,7 @@ from core.db import make_sessionmaker
 from core.maintenance import AuditRequest, AuditSummary, FindingKind, PurgeRequest, PurgeSummary
 from core.settings import Settings
 from tickler.ops.audit import Auditor, Finding, Progress, summary_of
-from tickler.ops.purge import purge_read_notifications
+from tickler.ops.purge import purge
 from tickler.ops.repair import Outcome, Repairer, repair_all
 
 
@@ -66,6 +66,4 @@ class Operations:
         return summary
 
     async def purge(self, request: PurgeRequest, progress: Progress) -> PurgeSummary:
-        return await purge_read_notifications(
-            self.engine, timedelta(days=request.older_than_days), progress=progress
-        )
+        return await purge(self.engine, timedelta(days=request.older_than_days), progress=progress)

@@ -1,9 +1,11 @@
-"""`tickler purge`: delete read notifications older than the retention (docs/operations.md, "Retention").
+"""`tickler purge`: delete read notifications, and webhook delivery attempts, older than the retention
+(docs/operations.md, "Retention").
 
 Oldest first, ``batch`` rows at a time along the partial index of read rows by (created_at, id), each
 batch one statement in its own transaction: a batch holds the row locks of what it deletes for
 milliseconds, and the streams' replays (plain reads) never wait for it. Unread notifications stay,
-whatever their age: they are what a user has not seen yet.
+whatever their age: they are what a user has not seen yet. Webhook delivery attempts (an endpoint's log,
+issue 18) go the same way along their index of `attempted_at`, whatever their outcome.
 """
 
 from __future__ import annotations
@@ -44,6 +46,49 @@ _BATCH = text(
            (SELECT id FROM last) AS last_id
     """
 )
+
+
+# One batch of webhook delivery attempts: the next `:size` made before the cutoff, deleted.
+_ATTEMPTS_BATCH = text(
+    """
+    WITH batch AS (
+        SELECT id FROM webhook_deliveries
+        WHERE attempted_at < :cutoff
+        ORDER BY attempted_at, id
+        LIMIT :size
+    ), gone AS (
+        DELETE FROM webhook_deliveries w USING batch b WHERE w.id = b.id RETURNING w.id
+    )
+    SELECT count(*) AS deleted FROM gone
+    """
+)
+
+
+async def purge(
+    engine: AsyncEngine,
+    older_than: timedelta,
+    *,
+    batch: int = BATCH,
+    progress: Callable[[Any], None] | None = None,
+) -> PurgeSummary:
+    """Read notifications, then webhook delivery attempts, older than ``older_than``: the retention's
+    whole work. ``engine`` runs as the maintenance role."""
+    started = time.monotonic()
+    summary = await purge_read_notifications(engine, older_than, batch=batch, progress=progress)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as connection:
+        while True:
+            values = {"cutoff": summary.cutoff, "size": batch}
+            deleted = (await connection.execute(_ATTEMPTS_BATCH, values)).scalar_one()
+            summary.webhook_attempts_deleted += deleted
+            if progress is not None:
+                progress(
+                    {"deleted": summary.deleted, "webhook_attempts_deleted": summary.webhook_attempts_deleted}
+                )
+            if deleted < batch:
+                break
+    summary.seconds = round(time.monotonic() - started, 3)
+    return summary
 
 
 async def purge_read_notifications(
