@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Table, literal_column, text
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Table, Text, literal_column, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningInsert
 from temporalio import activity
@@ -56,7 +57,7 @@ tasks: Table = Task.__table__  # type: ignore[assignment]
 # the same version writes the same values again, and tells the streams again). It returns a row when it
 # wrote one, with the assignee before it: a subquery in RETURNING reads the statement's snapshot, the
 # row as it was (NULL for a new task).
-_UPSERT_TASK: ReturningInsert[tuple[str | None]] = (
+_UPSERT_TASK: ReturningInsert[str | None, list[uuid.UUID] | None] = (
     (stmt := insert(tasks))
     .on_conflict_do_update(
         index_elements=[tasks.c.id],
@@ -70,9 +71,17 @@ _UPSERT_TASK: ReturningInsert[tuple[str | None]] = (
     .returning(
         # Written out: SQLAlchemy does not correlate a subquery of RETURNING with the target table, and
         # would join `tasks` again (one row per task of the organization).
-        literal_column("(SELECT prior.assignee_id FROM tasks AS prior WHERE prior.id = tasks.id)").label(
-            "previous_assignee"
-        )
+        literal_column(
+            "(SELECT prior.assignee_id FROM tasks AS prior WHERE prior.id = tasks.id)", type_=Text
+        ).label("previous_assignee"),
+        # The organization's endpoints that want the change (issue 18), read in the same round trip: a
+        # save of an organization without webhooks costs nothing more (NULL).
+        literal_column(
+            "(SELECT array_agg(e.id) FROM webhook_endpoints AS e"
+            " WHERE e.organization_id = tasks.organization_id"
+            " AND e.disabled_at IS NULL AND 'task.changed' = ANY(e.events))",
+            type_=ARRAY(UUID(as_uuid=True)),
+        ).label("webhook_endpoints"),
     )
 )
 # A task's change reaches the streams as a hint (the page refetches its list on every reconnect), so a
@@ -185,10 +194,12 @@ class TaskActivities:
             written = (await connection.execute(_UPSERT_TASK, values)).one_or_none()
         if written is not None:
             await self._task_changed(state, written.previous_assignee)
-            if self.webhooks is not None:
+            if self.webhooks is not None and written.webhook_endpoints:
                 data = TaskOut.from_state(state).model_dump(mode="json")
                 event_id = f"evt_task_{state.task_id}_{state.version}"
-                await self.webhooks.dispatch(state.organization_id, TASK_CHANGED, event_id, data)
+                await self.webhooks.start(
+                    state.organization_id, TASK_CHANGED, event_id, data, written.webhook_endpoints
+                )
 
     async def _task_changed(self, state: TaskState, previous_assignee: str | None) -> None:
         """`event: task.changed` to the streams of the task's assignee, and of the one before if it

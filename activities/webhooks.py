@@ -64,13 +64,6 @@ class Webhooks:
             )
         )
 
-    async def dispatch(
-        self, organization_id: str, event_type: str, event_id: str, data: dict[str, Any]
-    ) -> None:
-        async with tenant_transaction(self.sessionmaker, organization_id) as session:
-            endpoints = await self._endpoints(session, organization_id, event_type)
-        await self._start(organization_id, event_type, event_id, data, endpoints)
-
     async def reminder_fired(self, organization_id: str, notification_id: int) -> None:
         """One transaction; the notification is read only for an organization with endpoints for it."""
         async with tenant_transaction(self.sessionmaker, organization_id) as session:
@@ -85,11 +78,11 @@ class Webhooks:
             if row is None:
                 return
             data = {**notification_message(row), "user_id": row.user_id}
-        await self._start(
+        await self.start(
             organization_id, "reminder.fired", f"evt_reminder_{notification_id}", data, endpoints
         )
 
-    async def _start(
+    async def start(
         self,
         organization_id: str,
         event_type: str,
@@ -97,8 +90,8 @@ class Webhooks:
         data: dict[str, Any],
         endpoints: list[uuid.UUID],
     ) -> None:
-        if not endpoints:
-            return
+        """One delivery workflow per endpoint (its id from the event's and the endpoint's): starting
+        twice starts nothing more."""
         body = json.dumps(
             {"type": event_type, "timestamp": datetime.now(UTC).isoformat(), "data": data},
             separators=(",", ":"),
