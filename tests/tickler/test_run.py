@@ -422,31 +422,25 @@ def test_a_killed_run_takes_its_children_along(stack: Stack) -> None:
 def test_token_prints_a_jwt_the_api_accepts(tmp_path: Path) -> None:
     env = run_process.clean_environ()
     env["TICKLER_JWT_SECRET"] = SECRET
-    result = subprocess.run(
-        [sys.executable, "-m", "tickler", "token", "--user", "7", "--org", "42"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    token = result.stdout.strip()
-    assert token.count(".") == 2, result.stdout
-    principal = verify_token(_settings(), token)
+
+    def token(*extra: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "tickler", "token", "--user", "7", "--org", "42", *extra],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    plain = token()
+    assert plain.count(".") == 2, plain
+    principal = verify_token(_settings(), plain)
     assert (principal.user_id, principal.organization_id) == ("7", "42")
-    claims = jwt.decode(token, options={"verify_signature": False})
+    claims = jwt.decode(plain, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 24 * 3600  # --ttl defaults to a day
     assert principal.roles == frozenset()
-    admin = subprocess.run(
-        [sys.executable, "-m", "tickler", "token", "--user", "7", "--org", "42", "--admin"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert admin.returncode == 0, admin.stderr
-    assert verify_token(_settings(), admin.stdout.strip()).roles == {"admin"}
+    assert verify_token(_settings(), token("--admin")).roles == {"admin"}
