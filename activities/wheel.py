@@ -10,10 +10,11 @@ meanwhile, so no caller waits for the instant, and a burst pays no wake-ups at i
 The workflow's own delivery, at its grace timer, asks :meth:`DeliveryWheel.settled` first: usually it
 finds the wheel's delivery done and returns its notification id; it delivers by itself when this
 process never armed the reminder (another worker did and died, or this one restarted), or when the
-wheel's delivery did not write it (failed, fenced, closed). Memory only: nothing here must survive
-a restart, the durable timer is the guarantee (docs/decisions.md §29). A worker that stops gracefully
-gives what it holds back to the workflows (:meth:`DeliveryWheel.release`, tickler/worker.py), which arm
-it again elsewhere; one that dies leaves it to their grace timers.
+wheel's delivery did not write it (failed, fenced, closed). A batch that failed is tried again, with
+back-off, until every one of its reminders is delivered or taken back by its grace timer. Memory only:
+nothing here must survive a restart, the durable timer is the guarantee (docs/decisions.md §29). A
+worker that stops gracefully gives what it holds back to the workflows (:meth:`DeliveryWheel.release`,
+tickler/worker.py), which arm it again elsewhere; one that dies leaves it to their grace timers.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ Deliver = Callable[[Sequence[DeliverReminderInput]], Awaitable[Sequence[int | No
 
 # How long a delivered reminder's outcome is kept for its workflow's grace timer to find.
 RETAIN = timedelta(minutes=10)
+# A batch that failed (the database away, a statement timed out behind a lock) is tried again after
+# RETRY_FIRST, doubling to RETRY_MAX, for what its workflows have not taken back meanwhile (each
+# grace timer asks settled() and then delivers by itself); RETRY_FOR after the instant, past every
+# grace, the wheel lets the rest go. Without it a reminder due during an outage waited for its grace,
+# up to 33 s, after the database was back (docs/reliability.md, 2026-12-01).
+RETRY_FIRST = timedelta(seconds=0.5)
+RETRY_MAX = timedelta(seconds=5)
+RETRY_FOR = timedelta(minutes=2)
 
 
 @dataclass(eq=False)
@@ -138,13 +147,14 @@ class DeliveryWheel:
                 if timer is not None:
                     timer.cancel()
 
-    def _start(self, instant: datetime) -> None:
+    def _start(self, instant: datetime, retry: timedelta = RETRY_FIRST) -> None:
         self._timers.pop(instant, None)
-        task = asyncio.get_running_loop().create_task(self._run(instant))
+        task = asyncio.get_running_loop().create_task(self._run(instant, retry))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, instant: datetime) -> None:
+    async def _run(self, instant: datetime, retry: timedelta) -> None:
+        failed = False
         with self._deliveries.delivering():
             await wait_for(instant)
             bucket = self._waiting.pop(instant, {})
@@ -156,15 +166,41 @@ class DeliveryWheel:
             try:
                 outcomes: Sequence[int | None] = await self._deliver([a.input for a in batch])
             except Exception:
-                # The workflows' grace timers deliver each of them, with their retries.
                 log.exception("%d reminders due at %s not delivered by the wheel", len(batch), instant)
                 outcomes = [None] * len(batch)
+                failed = True
         now = asyncio.get_running_loop().time()
         for armed, outcome in zip(batch, outcomes, strict=True):
+            # A grace timer waiting in settled() gets None and delivers by itself.
             if not armed.done.done():
                 armed.done.set_result(outcome)
             self._finished.append((now, armed.input.dedupe_key, armed))
+        if failed:
+            self._again(instant, batch, retry)
         self._forget(now)
+
+    def _again(self, instant: datetime, batch: list[Armed], retry: timedelta) -> None:
+        """Wait ``retry``, then try again what no workflow took back and nothing armed anew: each as
+        a fresh entry, so that a grace timer asking meanwhile takes it back at once."""
+        if datetime.now(UTC) - instant > RETRY_FOR:
+            return
+        again = [armed for armed in batch if self._armed.get(armed.input.dedupe_key) is armed]
+        if not again:
+            return
+        bucket = self._waiting.setdefault(instant, {})
+        for armed in again:
+            fresh = self._armed[armed.input.dedupe_key] = Armed(armed.input)
+            bucket[armed.input.dedupe_key] = fresh
+        if instant not in self._timers:
+            loop = asyncio.get_running_loop()
+            following = min(retry * 2, RETRY_MAX)
+            self._timers[instant] = loop.call_later(retry.total_seconds(), self._start, instant, following)
+        log.warning(
+            "the wheel tries %d reminders due at %s again in %.1f s",
+            len(again),
+            instant,
+            retry.total_seconds(),
+        )
 
     def _forget(self, now: float) -> None:
         """Drop what was delivered longer than ``retain`` ago and never asked for (its workflow moved to

@@ -139,6 +139,30 @@ async def test_settled_waits_for_the_batch_in_flight_and_a_failure_leaves_it_to_
     await wheel.aclose()
 
 
+async def test_a_failed_batch_is_tried_again_until_its_workflows_take_it_back() -> None:
+    """The database away at the instant: the wheel tries again (0.5 s, doubling to 5 s) what no grace
+    timer took back meanwhile, so a reminder comes once the database does, not at its grace."""
+    fake = FakeDelivery()
+    fake.failing = True
+    wheel = DeliveryWheel(fake)
+    instant = datetime.now(UTC)
+    for key in ("a", "b", "c"):
+        wheel.arm(reminder(instant, key))
+    await wait_until(lambda: len(fake.batches) == 2, what="the first batch and one retry")
+    assert len(wheel) == 3, "all three wait for the next try"
+    # b's grace timer comes first: it takes b back and delivers it by itself.
+    assert await wheel.settled("b") is None
+    fake.failing = False
+    await wait_until(lambda: len(fake.batches) == 3, what="the try after the database is back")
+    retried_at, retried = fake.batches[2]
+    assert [r.dedupe_key for r in retried] == ["a", "c"]
+    assert retried_at - fake.batches[1][0] >= timedelta(seconds=0.9), "the second wait doubled"
+    assert await wheel.settled("a") == hash("a")
+    assert await wheel.settled("c") == hash("c")
+    assert len(wheel) == 0
+    await wheel.aclose()
+
+
 # -- the batch on the real servers ---------------------------------------------------------------------
 
 
