@@ -438,6 +438,16 @@ class Settings(BaseSettings):
     )
     web_host: str = Field("127.0.0.1", description="Address the web server binds.")
     web_port: int = Field(8000, description="Port the web server binds.")
+    web_backlog: int = Field(
+        4096,
+        ge=1,
+        le=65535,
+        description=(
+            "Connections the web server's listening socket queues before it accepts them (the kernel caps "
+            "it at net.core.somaxconn): a storm of stream reconnections (a web process gone, a deploy) "
+            "must not be reset. Hypercorn's own 100 reset 15-50 of 10,000 streams opening at once."
+        ),
+    )
     public_url: str = Field(
         "http://127.0.0.1:8000/", description="The page's address as its users reach it: the link in emails."
     )

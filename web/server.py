@@ -28,6 +28,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # handler of core/logs.py (JSON or text, like every other line) instead of being printed twice.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10
+    config.backlog = settings.web_backlog
     return config
 
 

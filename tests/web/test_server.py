@@ -33,3 +33,24 @@ async def test_shutdown_ends_open_streams_instead_of_waiting_for_them(settings: 
                 with pytest.raises(StopAsyncIteration):
                     await stream.read_until(lambda _: False)
     await asyncio.wait_for(server, STREAM_DEADLINE)
+
+
+async def test_the_listening_socket_queues_what_the_backlog_setting_says(settings: Settings) -> None:
+    """Hypercorn's own backlog of 100 reset streams opening at once (a reconnection storm); `ss` shows a
+    listening socket's backlog as its Send-Q."""
+    port = devstack.free_port()
+    own = settings.model_copy(update={"web_host": "127.0.0.1", "web_port": port, "web_backlog": 1234})
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve_until(create_app(own), hypercorn_config(own), stop))
+    try:
+        await asyncio.to_thread(devstack.wait_for_port, "127.0.0.1", port, 30.0)
+        listing = await asyncio.create_subprocess_exec(
+            "ss", "-ltnH", f"sport = :{port}", stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await listing.communicate()
+        [line] = out.decode().splitlines()
+        state, _queued, backlog, *_ = line.split()
+        assert (state, backlog) == ("LISTEN", "1234")
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, STREAM_DEADLINE)
