@@ -6,7 +6,6 @@ restarts; nothing here runs on a reminder's way to the page."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -33,7 +32,7 @@ from core.payloads import (
 )
 from core.settings import DEV_ENV, Settings
 from core.temporal import start_once
-from core.webhooks import DestinationRefused, check_destination, headers
+from core.webhooks import RESOLVE_SECONDS, DestinationRefused, destination_checked, headers
 
 # A receiver has this long to answer; redirects are not followed (a 3xx is a failed attempt).
 REQUEST_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -133,10 +132,14 @@ class WebhookActivities:
         if endpoint.disabled_at is not None:
             return "endpoint disabled"
         try:
-            await asyncio.to_thread(check_destination, endpoint.url, allow_internal=self.allow_internal)
+            await destination_checked(endpoint.url, allow_internal=self.allow_internal)
         except DestinationRefused as exc:
             await self._record(input, None, str(exc))
             raise ApplicationError(str(exc), type=WEBHOOK_UNDELIVERABLE, non_retryable=True) from None
+        except TimeoutError:
+            slow = f"the host did not resolve within {RESOLVE_SECONDS:.0f} s"
+            await self._record(input, None, slow)
+            raise ApplicationError(f"{endpoint.url}: {slow}") from None
         body = input.body.encode()
         sent = headers(endpoint.secret, input.event_id, int(time.time()), body)
         status: int | None = None

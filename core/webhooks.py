@@ -8,13 +8,21 @@ stable id, for receivers to deduplicate), `webhook-timestamp` (Unix seconds of t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
 import secrets
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
+
+# A webhook host's name is resolved (blocking getaddrinfo) in threads of its own: a tenant whose name
+# resolves slowly holds these, never the default executor that resolves the database's and Redis's hosts.
+_RESOLVERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
+# How long a webhook host's name may take to resolve.
+RESOLVE_SECONDS = 5.0
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24
@@ -73,3 +81,10 @@ def check_destination(url: str, *, allow_internal: bool) -> None:
             raise DestinationRefused(
                 f"{parts.hostname} resolves to {address}, an internal address: webhooks go to public hosts"
             )
+
+
+async def destination_checked(url: str, *, allow_internal: bool) -> None:
+    """check_destination in the webhook resolvers' threads, within RESOLVE_SECONDS (TimeoutError)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(RESOLVE_SECONDS):
+        await loop.run_in_executor(_RESOLVERS, lambda: check_destination(url, allow_internal=allow_internal))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 from sqlalchemy import delete, func, select
@@ -12,7 +11,7 @@ from core.db import tenant_transaction
 from core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from core.models import WebhookDelivery, WebhookEndpoint
 from core.settings import DEV_ENV
-from core.webhooks import DestinationRefused, check_destination, new_secret
+from core.webhooks import RESOLVE_SECONDS, DestinationRefused, destination_checked, new_secret
 from web.resources import Resources
 from web.webhooks.schemas import EndpointCreate
 
@@ -20,8 +19,6 @@ DELIVERIES_SHOWN = 100
 # Each event of the organization starts one workflow per endpoint, from its task's save: the number of
 # endpoints bounds what one organization's admins can make every save of theirs cost Temporal.
 MAX_ENDPOINTS = 20
-# How long a URL's host may take to resolve at creation.
-RESOLVE_SECONDS = 5.0
 
 
 def check_admin(who: Principal) -> None:
@@ -35,8 +32,7 @@ async def create(res: Resources, who: Principal, body: EndpointCreate) -> Webhoo
     check_admin(who)
     allow_internal = res.settings.env == DEV_ENV
     try:
-        async with asyncio.timeout(RESOLVE_SECONDS):
-            await asyncio.to_thread(check_destination, body.url, allow_internal=allow_internal)
+        await destination_checked(body.url, allow_internal=allow_internal)
     except DestinationRefused as exc:
         raise Unprocessable(f"The URL cannot be used: {exc}.") from None
     except TimeoutError:
