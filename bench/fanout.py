@@ -2,6 +2,10 @@
 
 Each client process (multiprocessing, spawn) opens its share of the streams, reports how many opened,
 then keeps them until told to report its arrivals or to stop. It dies with the bench process.
+
+A client stamps an arrival when it reads it, so its own garbage collections would count as the
+server's latency: once its streams are open it freezes its heap (its full passes walked 2,500 streams)
+and reports every pause it took of PAUSE_REPORTED_MS or more, so that a tail can be told from one.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -22,6 +27,7 @@ from typing import Any
 from bench.clients import Arrival, Collector, Stream
 
 OPEN_CONCURRENCY = 64
+PAUSE_REPORTED_MS = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -64,6 +70,10 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
 
     await asyncio.gather(*(open_one(s) for s in streams))
     ready = sum(1 for s in streams if s.ready.is_set())
+    gc.collect()
+    gc.freeze()
+    pauses = _PauseLog()
+    gc.callbacks.append(pauses)
     conn.send(("opened", ready, time.monotonic() - started, collector.errors[:10]))
     loop = asyncio.get_running_loop()
     while True:
@@ -71,7 +81,9 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
         if command == "report":
             arrivals = [a for found in collector.arrivals.values() for a in found]
             open_now = sum(1 for s in streams if s.ready.is_set())
-            conn.send(("arrivals", arrivals, collector.reconnects, open_now, collector.errors[:10]))
+            conn.send(
+                ("arrivals", arrivals, collector.reconnects, open_now, collector.errors[:10], pauses.long)
+            )
         elif command == "stop":
             break
     stop.set()
@@ -79,6 +91,22 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     conn.send(("stopped",))
+
+
+class _PauseLog:
+    """The client's own collections of PAUSE_REPORTED_MS or more: (wall clock at the end, ms)."""
+
+    def __init__(self) -> None:
+        self.long: list[tuple[float, float]] = []
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._began) * 1000
+        if ms >= PAUSE_REPORTED_MS:
+            self.long.append((time.time(), round(ms, 1)))
 
 
 @dataclass
@@ -112,20 +140,20 @@ class Fleet:
             errors += errs
         return {"opened": opened, "seconds": round(seconds, 1), "errors": errors[:10]}
 
-    def report(self, timeout: float = 60.0) -> tuple[list[Arrival], int, int, list[str]]:
-        arrivals: list[Arrival] = []
-        reconnects, open_now, errors = 0, 0, []
+    def report(self, timeout: float = 60.0) -> FleetReport:
+        report = FleetReport()
         for _, conn in self.children:
             conn.send("report")
         for proc, conn in self.children:
             if not conn.poll(timeout):
                 raise RuntimeError(f"fan-out client {proc.pid} did not report")
-            _, found, again, still_open, errs = conn.recv()
-            arrivals += found
-            reconnects += again
-            open_now += still_open
-            errors += errs
-        return arrivals, reconnects, open_now, errors
+            _, found, again, still_open, errs, pauses = conn.recv()
+            report.arrivals += found
+            report.reconnects += again
+            report.still_open += still_open
+            report.errors += errs
+            report.client_pauses += pauses
+        return report
 
     def stop(self) -> None:
         for _, conn in self.children:
@@ -140,6 +168,16 @@ class Fleet:
                 proc.terminate()
                 proc.join(5.0)
         self.children.clear()
+
+
+@dataclass
+class FleetReport:
+    arrivals: list[Arrival] = field(default_factory=list)
+    reconnects: int = 0
+    still_open: int = 0
+    errors: list[str] = field(default_factory=list)
+    # Every client's collections of PAUSE_REPORTED_MS or more: (wall clock at the end, ms).
+    client_pauses: list[tuple[float, float]] = field(default_factory=list)
 
 
 def collector_of(arrivals: Sequence[Arrival]) -> Collector:

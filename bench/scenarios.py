@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from bench import history
 from bench.clients import Arrival, Collector, StreamSet, create_tasks, spread, users_of
-from bench.fanout import Fleet, collector_of
+from bench.fanout import PAUSE_REPORTED_MS, Fleet, collector_of
 from bench.stack import App, CpuMeter, Stack, rss_bytes
 from bench.stats import summary
 
@@ -385,24 +385,27 @@ async def fanout(ctx: Context) -> dict[str, Any]:
         created = await create_tasks(ctx.app.url, org, targets, dues, concurrency=8)
         deadline = dues[-1] + 30.0
         while True:
-            arrivals, reconnects, still_open, errors = await asyncio.to_thread(fleet.report)
-            got = {a.task_id for a in arrivals}
+            fleet_report = await asyncio.to_thread(fleet.report)
+            got = {a.task_id for a in fleet_report.arrivals}
             if all(t in got for t in created.due) or time.time() > deadline:
                 break
             await asyncio.sleep(2.0)
         busy_cpu = meter.stop()
         rss_after = rss_bytes(web)
-        collector = collector_of(arrivals)
-        collector.reconnects = reconnects
-        collector.errors = errors
+        collector = collector_of(fleet_report.arrivals)
+        collector.reconnects = fleet_report.reconnects
+        collector.errors = fleet_report.errors
         firsts = collector.first(created.task_ids)
+        # The clients' own pauses while the notifications came: an arrival late by one is the client's.
+        window = (dues[0] - 1.0, dues[-1] + 1.0)
+        client_pauses = [ms for at, ms in fleet_report.client_pauses if window[0] <= at <= window[1]]
         return {
             "streams": scale.fanout_streams,
             "client_processes": scale.fanout_processes,
             "opened": opened["opened"],
             "open_seconds": opened["seconds"],
             "open_errors": opened["errors"],
-            "still_open_at_end": still_open,
+            "still_open_at_end": fleet_report.still_open,
             "web_rss_mb": {
                 "before": round(rss_before / 2**20, 1),
                 "all_open": round(rss_open / 2**20, 1),
@@ -412,6 +415,11 @@ async def fanout(ctx: Context) -> dict[str, Any]:
             "web_cpu_idle_all_open": idle_cpu["tickler-web"],
             "web_cpu_while_notifying": busy_cpu["tickler-web"],
             "notifications": len(targets),
+            "client_gc_pauses_while_notified": {
+                "at_least_ms": PAUSE_REPORTED_MS,
+                "count": len(client_pauses),
+                "max_ms": max(client_pauses, default=0.0),
+            },
             **latency_figures(firsts, len(created.due), collector),
         }
     finally:

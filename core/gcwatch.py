@@ -13,6 +13,8 @@ arrives that much later (docs/performance.md, "Garbage collection"). Three thing
 - ``SurvivorFreezer`` (the web process) freezes what each full collection keeps, so that the next one
   walks only what was made since, not every open stream again; every ``refresh_seconds`` it unfreezes
   everything and collects once, which frees the cycles of what died while frozen (closed streams).
+- ``YoungClock`` (the web process) collects the young generations on a clock, since the renewal of a
+  wait per stream grows them without moving CPython's counter.
 - ``PauseWatch`` times every collection, feeds an optional histogram and logs the long ones, so that an
   operator (and the bench) can tell a collection from a slow database.
 
@@ -159,15 +161,21 @@ class GapCollector:
     quarter of those it holds; here the same quarter is counted in allocated memory blocks
     (``sys.getallocatedblocks``, cheap to read) and checked every ``check_seconds``. The collection then
     waits for a moment when ``deliveries`` has none in hand, up to the heap having grown by
-    ``forced_growth`` (a process that is never idle still collects). While ``run`` runs, CPython's own
+    ``forced_growth`` (a process that is never idle still collects); without ``deliveries`` (the web
+    process, which cannot know when a message comes) it runs at once. While ``run`` runs, CPython's own
     full collections are off; the younger generations are collected as before.
+
+    Counted in blocks, a heap that renews itself without growing is not collected: CPython counts every
+    object that survives into generation 2, so with the SurvivorFreezer (whose freezes leave it a small
+    generation 2 to take a quarter of) a web process whose streams renew their waits ran a full
+    collection every few seconds, 20-30 ms each with 10,000 streams (docs/performance.md).
     """
 
     NEVER = 2**31 - 1  # gc.set_threshold's third number: generation-1 collections between full ones
 
     def __init__(
         self,
-        deliveries: Deliveries,
+        deliveries: Deliveries | None = None,
         *,
         growth: float = 0.25,
         forced_growth: float = 1.0,
@@ -195,7 +203,9 @@ class GapCollector:
                 grown = self.blocks() / self._baseline - 1
                 if grown < self.growth:
                     continue
-                if grown < self.forced_growth:
+                if self.deliveries is None:
+                    pass
+                elif grown < self.forced_growth:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.check_seconds):
                             await self.deliveries.none.wait()
@@ -213,27 +223,56 @@ class GapCollector:
         self._baseline = max(self.blocks(), 1)
 
 
+class YoungClock:
+    """Collects the two young generations every ``seconds``, whatever CPython's counter says.
+
+    CPython 3.11 starts a young collection when allocations minus deallocations pass 700. Where new
+    objects replace old ones one for one the counter does not move, yet every new one joins the young
+    generation: a web process renews a wait per stream at every heartbeat (a future, its iterator, the
+    task's wake-up: three objects) while the waits they replace die in an older generation. With 10,000
+    streams the young generations grew unseen to 30,000-40,000 objects until some other allocation
+    started a pass, which then walked them all: 9-20 ms, the fan-out's tail (docs/performance.md). On a
+    clock each pass walks what a fraction of a second made (~0.2 ms), and moves it to generation 2,
+    where it dies by reference counting, walked no more.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.passes = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.seconds)
+            gc.collect(1)
+            self.passes += 1
+
+
 @contextlib.asynccontextmanager
 async def collection_schedule(
     *,
     warn_after_seconds: float,
     record: PauseRecorder | None = None,
     between: Deliveries | None = None,
+    full_on_growth: bool = False,
+    young_every: float = 0,
     freeze: bool = True,
     freeze_survivors_for: float = 0,
 ) -> AsyncIterator[int]:
     """For a process that has started: freeze its start-up heap, time every collection, and with
-    ``between`` run the full collections between its deliveries; with ``freeze_survivors_for`` > 0,
-    freeze what each full collection keeps, refreshed every that many seconds (``SurvivorFreezer``).
-    Yields how many objects were frozen; on exit the tasks stop (CPython's schedule back) and the watch
-    is removed."""
+    ``between`` run the full collections between its deliveries (with ``full_on_growth``, on the same
+    growth rule but at once); with ``young_every`` > 0 collect the young generations that often
+    (``YoungClock``); with ``freeze_survivors_for`` > 0, freeze what each full collection keeps,
+    refreshed every that many seconds (``SurvivorFreezer``). Yields how many objects were frozen; on
+    exit the tasks stop (CPython's schedule back) and the watch is removed."""
     frozen = freeze_startup_heap() if freeze else 0
     # First in gc.callbacks: a pass is timed before its survivors are frozen, not with the freezing.
     watch = PauseWatch(warn_after_seconds, record)
     watch.install()
     tasks = []
-    if between is not None:
+    if between is not None or full_on_growth:
         tasks.append(asyncio.create_task(GapCollector(between).run(), name="full collections"))
+    if young_every > 0:
+        tasks.append(asyncio.create_task(YoungClock(young_every).run(), name="young collections"))
     if freeze_survivors_for > 0:
         freezer = SurvivorFreezer(freeze_survivors_for)
         tasks.append(asyncio.create_task(freezer.run(), name="frozen survivors"))

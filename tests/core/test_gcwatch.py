@@ -16,6 +16,7 @@ from core.gcwatch import (
     GapCollector,
     PauseWatch,
     SurvivorFreezer,
+    YoungClock,
     collection_schedule,
     freeze_startup_heap,
 )
@@ -134,6 +135,50 @@ async def test_a_modest_growth_is_left_alone() -> None:
             await running
 
 
+async def test_without_deliveries_a_grown_heap_is_collected_at_once() -> None:
+    """The web process's full collections: on the growth rule, with nothing to wait for."""
+    heap = [100_000]
+    collector = GapCollector(check_seconds=0.01, blocks=lambda: heap[0])
+    running = asyncio.create_task(collector.run())
+    try:
+        await wait_until(lambda: collector.checks, what="the collector's first look")
+        garbage = garbage_in_the_oldest_generation()
+        heap[0] = 126_000
+        await wait_until(lambda: collector.collections, what="a collection")
+        assert garbage() is None
+        assert collector.forced == 0
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_the_young_clock_collects_what_the_counter_never_sees() -> None:
+    """Objects that replace old ones one for one leave CPython's counter where it was: without the
+    clock a young cycle waits for an unrelated pass; with it, it goes within a tick, and no pass of the
+    clock's walks the oldest generation."""
+    passes: list[int] = []
+    watch = PauseWatch(warn_after_seconds=0, record=lambda generation, _: passes.append(generation))
+    clock = YoungClock(seconds=0.01)
+    gc.disable()  # no automatic pass at all: only the clock's
+    watch.install()
+    running = asyncio.create_task(clock.run())
+    try:
+        cycle = Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        assert gone() is not None  # a cycle: reference counting alone never frees it
+        await wait_until(lambda: gone() is None, what="the young cycle collected by the clock")
+        await wait_until(lambda: clock.passes >= 3, what="three ticks")
+        assert set(passes) == {1}  # every pass the clock's, none a full one
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        watch.uninstall()
+        gc.enable()
+
+
 def test_deliveries_count_nested_and_failed_ones() -> None:
     deliveries = Deliveries()
     with deliveries.delivering():
@@ -158,6 +203,18 @@ async def test_a_process_schedule_is_undone_on_exit(unfreeze: None) -> None:
     async with collection_schedule(warn_after_seconds=60, freeze=False) as frozen:
         assert frozen == 0
         assert gc.get_threshold() == automatic  # no deliveries: CPython's schedule
+    # The web process's: full collections on growth alone, young ones on a clock.
+    async with collection_schedule(
+        warn_after_seconds=60, freeze=False, full_on_growth=True, young_every=0.01
+    ):
+        await wait_until(
+            lambda: gc.get_threshold()[2] == GapCollector.NEVER, what="CPython's full collections off"
+        )
+        cycle = Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        await wait_until(lambda: gone() is None, what="a young collection by the clock")
+    assert gc.get_threshold() == automatic
 
 
 class Node:

@@ -9,8 +9,8 @@ anyone able to publish on Redis made up) reaches no stream (core/pubsub.py).
 Heartbeats and session ends come from the hub too, so that a waiting stream holds one object (its
 queue's getter) rather than a timeout, a timer handle and a future renewed every heartbeat: with
 10,000 streams those were 10,000 young objects living up to a heartbeat each, which CPython's
-collector walks again and again (docs/performance.md). One clock task visits the streams in SLOTS
-groups, a group per tick, each stream twice per heartbeat interval; a stream that sent nothing since
+collector walks again and again (docs/performance.md). One clock task visits the streams in groups, a
+group every TICK_SECONDS, each stream twice per heartbeat interval; a stream that sent nothing since
 the visit before gets a heartbeat, so none stays silent longer than TICKLER_SSE_HEARTBEAT_SECONDS. A
 session's end is one timer per stream, set once.
 """
@@ -38,9 +38,11 @@ from core.pubsub import Channel
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_BACKOFF_MAX = 5.0
-# Groups of streams the heartbeat clock visits in turn: per tick a sixteenth of the streams, so that
-# 10,000 streams cost the loop ~600 short visits at a time, never 10,000 at once.
-SLOTS = 16
+# How often the heartbeat clock visits its next group of streams. Every heartbeat a visit sends is
+# ~40 us of the loop (the stream's wake-up, Quart, Hypercorn), and a notification that comes meanwhile
+# waits behind them all: with 10,000 streams in 16 groups each visit held the loop ~20 ms every 0.47 s,
+# the fan-out's tail (docs/performance.md). Groups of a 25 ms tick hold it ~1.5 ms.
+TICK_SECONDS = 0.025
 SUBSCRIBE_TIMEOUT = 10.0
 # Dropped messages are counted one by one, logged at most this often: whoever can flood the channel with
 # forged messages must not flood every web process's log too.
@@ -132,7 +134,9 @@ class StreamHub:
         self._drops_unlogged = dict.fromkeys(DROP_REASONS, 0)
         self._drop_logged_at = -math.inf
         self.subscriptions: defaultdict[Audience, set[Subscription]] = defaultdict(set)
-        self._slots: list[set[Subscription]] = [set() for _ in range(SLOTS)]
+        # Each stream in one group, the groups visited in turn, one per tick: all twice per interval.
+        groups = max(1, round(heartbeat_seconds / 2 / TICK_SECONDS))
+        self._slots: list[set[Subscription]] = [set() for _ in range(groups)]
         self._next_slot = 0
         self.subscribed = asyncio.Event()
         self.closing = False
@@ -175,7 +179,7 @@ class StreamHub:
         if self.closing:
             sub.close()
         self.subscriptions[sub.audience].add(sub)
-        sub.slot, self._next_slot = self._next_slot, (self._next_slot + 1) % SLOTS
+        sub.slot, self._next_slot = self._next_slot, (self._next_slot + 1) % len(self._slots)
         self._slots[sub.slot].add(sub)
         if expires_in is not None:
             sub.expiry = asyncio.get_running_loop().call_later(
@@ -231,7 +235,7 @@ class StreamHub:
     async def _heartbeats(self) -> None:
         """Visit one slot per tick, every slot twice per heartbeat interval, on a fixed schedule."""
         loop = asyncio.get_running_loop()
-        tick = self.heartbeat_seconds / 2 / SLOTS
+        tick = self.heartbeat_seconds / 2 / len(self._slots)
         due = loop.time()
         index = 0
         while True:
@@ -239,7 +243,7 @@ class StreamHub:
             await asyncio.sleep(max(0.0, due - loop.time()))
             for sub in self._slots[index]:  # visit() never adds nor removes a subscription
                 sub.visit()
-            index = (index + 1) % SLOTS
+            index = (index + 1) % len(self._slots)
             # Behind by more than a whole turn (a stalled loop): start afresh rather than rush to catch up.
             if loop.time() - due > self.heartbeat_seconds:
                 due = loop.time()

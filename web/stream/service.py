@@ -100,9 +100,11 @@ class EventStream:
     ``asend`` of Quart's ``async for``, a bound method), renewed at every item and heartbeat: with 10,000
     streams, thousands a second, which CPython's young collections walked again and again and which set
     the fan-out's tail (docs/performance.md). Here a stream with nothing queued hands Quart one future,
-    and the hub, through the subscription's consumer, resolves it with the next event's bytes: two
-    objects per wait. What needs the database (the newest id at the start, a replay after a gap or a
-    resubscription) runs in a coroutine, as before.
+    and the hub, through the subscription's consumer, resolves it with the next event's bytes: three
+    objects per wait (the future, its iterator, the task's wake-up), which the web process's young
+    collections on a clock keep from piling up (core/gcwatch.py, YoungClock). What needs the database
+    (the newest id at the start, a replay after a gap or a resubscription) runs in a coroutine, as
+    before.
     """
 
     def __init__(self, res: Resources, who: Principal, last_id: int | None) -> None:
