@@ -46,6 +46,10 @@ RETAIN = timedelta(minutes=10)
 RETRY_FIRST = timedelta(seconds=0.5)
 RETRY_MAX = timedelta(seconds=5)
 RETRY_FOR = timedelta(minutes=2)
+# The last stretch before an instant, spent yielding to the loop rather than asleep (wait_for): a
+# sleep that ends ~0.5 ms late leaves ~0.5 ms of spinning per distinct instant, ~1 % of a core at 1,000
+# instants a minute, nothing when none is near.
+SPIN = timedelta(milliseconds=1)
 
 
 @dataclass(eq=False)
@@ -213,10 +217,17 @@ class DeliveryWheel:
 
 
 async def wait_for(instant: datetime, at_most: timedelta | None = None) -> None:
-    """Sleep until the wall clock reads ``instant`` (a sleep may end a hair early: look again), for at
-    most ``at_most`` when given, whatever the clock says."""
+    """Sleep until the wall clock reads ``instant``, for at most ``at_most`` when given, whatever the
+    clock says.
+
+    The event loop's timers wake late: uvloop's by 0.4-0.7 ms at the median, up to ~2 ms (whole
+    milliseconds, rounded up), asyncio's by ~0.5-1.5 ms. So the sleep ends SPIN before the instant and
+    the last stretch yields to the loop until the clock reads it: other callbacks still run, and the
+    delivery starts within a loop turn of the instant, never before it."""
     now = datetime.now(UTC)
     deadline = now + at_most if at_most is not None else instant
     end = min(instant, deadline)
-    while (now := datetime.now(UTC)) < end:  # noqa: ASYNC110 (a clock, not an event)
-        await asyncio.sleep((end - now).total_seconds())
+    while (now := datetime.now(UTC)) < end - SPIN:  # noqa: ASYNC110 (a clock, not an event)
+        await asyncio.sleep((end - SPIN - now).total_seconds())
+    while datetime.now(UTC) < end:  # noqa: ASYNC110
+        await asyncio.sleep(0)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -186,6 +187,12 @@ def readiness_check(
 
 # Signals in flight at once while a stopping worker gives back its armed reminders, each call's bound,
 # and the bound on the whole: with Temporal unreachable, a stop must not wait 5 s per 32 reminders.
+# The worker's event loop shares the GIL with the threads that run workflow activations (a few ms of
+# CPU each). CPython makes a thread that holds the GIL hand it over to one that waits only after the
+# switch interval, 5 ms by default: a wheel instant that came while an activation ran waited that long
+# (the spread's and the fan-out's row-written p99, docs/performance.md). 0.5 ms here.
+GIL_SWITCH_SECONDS = 0.0005
+
 HAND_BACK_CONCURRENCY = 32
 HAND_BACK_RPC_TIMEOUT = timedelta(seconds=5)
 HAND_BACK_SECONDS = 20.0
@@ -233,6 +240,15 @@ async def hand_back(client: Client, wheel: DeliveryWheel, *, within: float = HAN
 
 async def run_worker(settings: Settings, options: WorkerOptions | None = None) -> None:
     """The worker process, until SIGINT or SIGTERM."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    try:
+        await _run_worker(settings, options)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+async def _run_worker(settings: Settings, options: WorkerOptions | None) -> None:
     options = options or WorkerOptions.of(settings)
     engine = make_engine(settings, application_name="tickler-worker")
     redis = make_redis(settings)
