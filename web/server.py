@@ -18,7 +18,8 @@ from web.resources import EXTENSION_KEY, Resources
 log = logging.getLogger(__name__)
 
 # How often the young generations are collected, whatever CPython's counter says: with 10,000 streams
-# each pass walks the ~400 waits renewed since the last one (core/gcwatch.py, YoungClock).
+# each pass walks the ~400 waits renewed since the last one, every tenth what lived 2 s
+# (core/gcwatch.py, YoungClock).
 YOUNG_COLLECTION_SECONDS = 0.2
 
 
