@@ -26,6 +26,7 @@ from bench.clients import Arrival, Collector, StreamSet, create_tasks, spread, u
 from bench.fanout import PAUSE_REPORTED_MS, Fleet, collector_of
 from bench.stack import App, CpuMeter, Stack, rss_bytes
 from bench.stats import summary
+from core.payloads import DELIVERY_GRACE, GRACE_SPREAD
 
 CREATE_CONCURRENCY = 32
 # The spread scenario creates its tasks at this concurrency: gently, as over a working day, so that what
@@ -87,6 +88,9 @@ class Context:
     # far ahead spread and burst tasks are due, so that their creation ends before the first is due.
     gentle_rate: float = 20.0
     creation_rate: float = 100.0
+    # When the warm-up's reminders have run their grace steps too (up to DELIVERY_GRACE + GRACE_SPREAD
+    # after their instant): the idle scenario measures from then, not the warm-up's aftermath.
+    quiet_after: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def org(self, scenario: str) -> str:
@@ -151,6 +155,7 @@ async def warm_up(ctx: Context) -> None:
             ctx.app.url, streams.org, streams.users, [due] * WARM_UP_TASKS, concurrency=GENTLE_CONCURRENCY
         )
         ctx.gentle_rate = created.rate
+        ctx.quiet_after = due + (DELIVERY_GRACE + GRACE_SPREAD).total_seconds() + 2.0
         if len(created.due) != WARM_UP_TASKS:
             raise RuntimeError(f"warm-up: {created.statuses} {created.errors[:3]}")
         if not await streams.collector.wait_for(created.task_ids, due + 60.0):
@@ -436,7 +441,7 @@ async def idle(ctx: Context) -> dict[str, Any]:
     pg = await asyncpg.connect(ctx.stack.superuser_dsn)
     rds = aioredis.from_url(ctx.stack.redis_url)
     try:
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(max(3.0, ctx.quiet_after - time.time()))
         before = await rds.info("stats")
         await pg.execute("SELECT pg_stat_statements_reset()")
         meter = ctx.meter()
