@@ -529,9 +529,10 @@ class Settings(BaseSettings):
     sse_heartbeat_seconds: float = Field(
         15.0,
         ge=0.1,
+        le=300.0,
         description=(
-            "Comment line sent on idle streams at this interval; at least 0.1 (the hub's clock ticks 32 "
-            "times per interval)."
+            "Comment line sent on idle streams at this interval, 0.1 to 300 (proxies cut a silent stream "
+            "after ~60 s); the hub's clock visits the streams in groups, a group every 25 ms."
         ),
     )
     sse_retry_ms: int = Field(2000, ge=0, description="`retry:` the stream tells browsers to wait.")

@@ -123,7 +123,11 @@ def test_tickler_stats_refuses_a_window_it_would_scan_for_long(arguments: list[s
     assert done.stderr.startswith("tickler stats: ")
 
 
-def test_the_heartbeat_interval_has_a_floor() -> None:
-    """The hub's clock ticks 32 times per interval: a microsecond interval would spin the event loop."""
+def test_the_heartbeat_interval_has_a_floor_and_a_ceiling() -> None:
+    """A microsecond interval would spin the event loop; the hub keeps a group of streams per 25 ms of
+    half an interval, so an hour's interval would hold 72,000 groups (and proxies cut a silent stream
+    after about a minute anyway)."""
     with pytest.raises(ValidationError, match=r"greater than or equal to 0\.1"):
         Settings(sse_heartbeat_seconds=0.0001)
+    with pytest.raises(ValidationError, match=r"less than or equal to 300"):
+        Settings(sse_heartbeat_seconds=3600)
