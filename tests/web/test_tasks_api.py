@@ -320,7 +320,7 @@ async def _workflows(temporal: Client, query: str) -> list[str]:
 
 
 async def test_a_retried_change_with_its_idempotency_key_applies_once(
-    client: httpx.AsyncClient, alice: dict[str, str], temporal: Client
+    client: httpx.AsyncClient, alice: dict[str, str], temporal: Client, settings: Settings
 ) -> None:
     task = await create(client, alice)
     url = f"/v1/tasks/{task['id']}"
@@ -356,7 +356,11 @@ async def test_a_retried_change_with_its_idempotency_key_applies_once(
     async def closed() -> bool:
         return (await workflow.describe()).status == WorkflowExecutionStatus.COMPLETED
 
-    await wait_until(closed, within=10, what="the done task's workflow to close")
+    # It closes when the undo window has passed (TICKLER_UNDO_WINDOW_SECONDS, 10 s): a deadline of
+    # exactly that raced it.
+    await wait_until(
+        closed, within=settings.undo_window_seconds + 15, what="the done task's workflow to close"
+    )
     repeated = await client.post(f"{url}/complete", headers=complete)
     assert repeated.status_code == 200, repeated.text
     assert repeated.json() == done.json()
