@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.clients import Arrival, Collector, Stream
+from core.gcwatch import PauseWatch
 
 OPEN_CONCURRENCY = 64
 PAUSE_REPORTED_MS = 2.0
@@ -72,8 +73,13 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
     ready = sum(1 for s in streams if s.ready.is_set())
     gc.collect()
     gc.freeze()
-    pauses = _PauseLog()
-    gc.callbacks.append(pauses)
+    pauses: list[tuple[float, float]] = []
+
+    def record(_generation: int, seconds: float) -> None:
+        if seconds * 1000 >= PAUSE_REPORTED_MS:
+            pauses.append((time.time(), round(seconds * 1000, 1)))
+
+    PauseWatch(warn_after_seconds=0, record=record).install()
     conn.send(("opened", ready, time.monotonic() - started, collector.errors[:10]))
     loop = asyncio.get_running_loop()
     while True:
@@ -81,9 +87,7 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
         if command == "report":
             arrivals = [a for found in collector.arrivals.values() for a in found]
             open_now = sum(1 for s in streams if s.ready.is_set())
-            conn.send(
-                ("arrivals", arrivals, collector.reconnects, open_now, collector.errors[:10], pauses.long)
-            )
+            conn.send(("arrivals", arrivals, collector.reconnects, open_now, collector.errors[:10], pauses))
         elif command == "stop":
             break
     stop.set()
@@ -91,22 +95,6 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     conn.send(("stopped",))
-
-
-class _PauseLog:
-    """The client's own collections of PAUSE_REPORTED_MS or more: (wall clock at the end, ms)."""
-
-    def __init__(self) -> None:
-        self.long: list[tuple[float, float]] = []
-        self._began = 0.0
-
-    def __call__(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._began = time.perf_counter()
-            return
-        ms = (time.perf_counter() - self._began) * 1000
-        if ms >= PAUSE_REPORTED_MS:
-            self.long.append((time.time(), round(ms, 1)))
 
 
 @dataclass

@@ -203,16 +203,15 @@ class GapCollector:
                 grown = self.blocks() / self._baseline - 1
                 if grown < self.growth:
                     continue
-                if self.deliveries is None:
-                    pass
-                elif grown < self.forced_growth:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.check_seconds):
-                            await self.deliveries.none.wait()
-                    if not self.deliveries.none.is_set():
-                        continue  # still delivering: look at the growth again
-                else:
-                    self.forced += 1
+                if self.deliveries is not None:
+                    if grown < self.forced_growth:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.check_seconds):
+                                await self.deliveries.none.wait()
+                        if not self.deliveries.none.is_set():
+                            continue  # still delivering: look at the growth again
+                    else:
+                        self.forced += 1
                 self.collect()
         finally:
             gc.set_threshold(*automatic)
@@ -224,7 +223,8 @@ class GapCollector:
 
 
 class YoungClock:
-    """Collects the two young generations every ``seconds``, whatever CPython's counter says.
+    """Collects generation 0 every ``seconds`` (and 1 every ``older_every``-th time), whatever
+    CPython's counter says.
 
     CPython 3.11 starts a young collection when allocations minus deallocations pass 700. Where new
     objects replace old ones one for one the counter does not move, yet every new one joins the young

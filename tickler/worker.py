@@ -185,14 +185,14 @@ def readiness_check(
     return check
 
 
-# Signals in flight at once while a stopping worker gives back its armed reminders, each call's bound,
-# and the bound on the whole: with Temporal unreachable, a stop must not wait 5 s per 32 reminders.
 # The worker's event loop shares the GIL with the threads that run workflow activations (a few ms of
 # CPU each). CPython makes a thread that holds the GIL hand it over to one that waits only after the
 # switch interval, 5 ms by default: a wheel instant that came while an activation ran waited that long
 # (the spread's and the fan-out's row-written p99, docs/performance.md). 0.5 ms here.
 GIL_SWITCH_SECONDS = 0.0005
 
+# Signals in flight at once while a stopping worker gives back its armed reminders, each call's bound,
+# and the bound on the whole: with Temporal unreachable, a stop must not wait 5 s per 32 reminders.
 HAND_BACK_CONCURRENCY = 32
 HAND_BACK_RPC_TIMEOUT = timedelta(seconds=5)
 HAND_BACK_SECONDS = 20.0

@@ -244,11 +244,12 @@ class StreamHub:
         loop = asyncio.get_running_loop()
         slots = self._slots
         tick = self.heartbeat_seconds / 2 / len(slots)
+        most = min(VISIT_GROUPS, len(slots))
         due = loop.time()
         index = 0
         while True:
             visited = groups = 0
-            while visited < VISIT_STREAMS and groups < min(VISIT_GROUPS, len(slots)):
+            while visited < VISIT_STREAMS and groups < most:
                 for sub in slots[index]:  # visit() never adds nor removes a subscription
                     sub.visit()
                 visited += len(slots[index])
