@@ -8,9 +8,11 @@ delivery is one round trip (docs/performance.md): a call only binds values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Table, Text, literal_column, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import ReturningInsert
 from temporalio import activity
 from temporalio.common import MetricMeter
@@ -26,7 +28,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.email import Escalations
 from activities.webhooks import Webhooks
-from activities.wheel import DeliveryWheel, wait_for
+from activities.wheel import Deliver, DeliveryWheel, wait_for
 from core.db import organization_signer, tenant_transaction
 from core.gcwatch import Deliveries
 from core.logs import task_fields
@@ -165,6 +167,7 @@ class TaskActivities:
         metric_meter: MetricMeter | None = None,
         escalations: Escalations | None = None,
         webhooks: Webhooks | None = None,
+        warm_deliveries: bool = True,
     ) -> None:
         self.sessionmaker = sessionmaker
         # Deliveries call one function and need no transaction of their own (no BEGIN, no COMMIT).
@@ -183,7 +186,8 @@ class TaskActivities:
         # Webhook deliveries of task changes and fired reminders (issue 18); set by build_worker too.
         self.webhooks = webhooks
         # Reminders armed ahead of their instant, delivered at it in batches (activities/wheel.py).
-        self.wheel = DeliveryWheel(self.deliver_batch, self.deliveries)
+        ready = self.ready_to_deliver if warm_deliveries else None
+        self.wheel = DeliveryWheel(self.deliver_batch, self.deliveries, ready=ready)
 
     @activity.defn(name=SAVE_TASK)
     async def save_task(self, state: TaskState) -> None:
@@ -263,9 +267,21 @@ class TaskActivities:
             await self.webhooks.reminder_fired(input.organization_id, delivered)
         return delivered
 
-    async def deliver_batch(self, inputs: Sequence[DeliverReminderInput]) -> list[int | None]:
+    @contextlib.asynccontextmanager
+    async def ready_to_deliver(self) -> AsyncIterator[Deliver]:
+        """The wheel's delivery, made ready just before its instant: a connection checked out for it,
+        and PostgreSQL and Redis each woken by a round trip (activities/wheel.py, WARM)."""
+        async with self.autocommit.connect() as connection:
+            await connection.exec_driver_sql("SELECT 1")
+            await self.redis.ping()
+            yield functools.partial(self.deliver_batch, connection=connection)
+
+    async def deliver_batch(
+        self, inputs: Sequence[DeliverReminderInput], connection: AsyncConnection | None = None
+    ) -> list[int | None]:
         """The wheel's delivery: each reminder's notification id (written or found, and published), or
-        None where nothing was written (fenced by a newer version, closed, missing)."""
+        None where nothing was written (fenced by a newer version, closed, missing). On ``connection``
+        (autocommit) when given, else on one of the pool's per chunk."""
         order = sorted(
             range(len(inputs)), key=lambda i: (inputs[i].organization_id, inputs[i].assignee_id or "")
         )
@@ -273,7 +289,7 @@ class TaskActivities:
         outcomes: dict[str, int] = {}
         for start in range(0, len(order), BATCH_ROWS):
             chunk = order[start : start + BATCH_ROWS]
-            rows = await self._deliver_many([inputs[i] for i in chunk])
+            rows = await self._deliver_many([inputs[i] for i in chunk], connection)
             events, published = [], []
             for row in rows:
                 index = chunk[row.position - 1]
@@ -305,7 +321,9 @@ class TaskActivities:
                 )
         return ids
 
-    async def _deliver_many(self, inputs: Sequence[DeliverReminderInput]) -> Sequence[Any]:
+    async def _deliver_many(
+        self, inputs: Sequence[DeliverReminderInput], connection: AsyncConnection | None
+    ) -> Sequence[Any]:
         # One HMAC per organization of the chunk, not per reminder (a burst is mostly a few organizations).
         signatures = {org: self.signer.sign(org) for org in {i.organization_id for i in inputs}}
         values = {
@@ -317,6 +335,8 @@ class TaskActivities:
             "due_ats": [i.due_at for i in inputs],
             "versions": [i.version for i in inputs],
         }
+        if connection is not None:
+            return (await connection.execute(_DELIVER_MANY, values)).all()
         async with self.autocommit.connect() as connection:
             return (await connection.execute(_DELIVER_MANY, values)).all()
 

@@ -5,7 +5,9 @@ local activity returns at once), then sleeps until DELIVERY_GRACE after it. The 
 per distinct instant, not per reminder: when the worker's wall clock reads the instant (never before: a
 sleep that ends early is slept again), every reminder armed for it is handed to one ``deliver`` call,
 which writes them in a few statements and publishes them in one pipeline. No workflow task is open
-meanwhile, so no caller waits for the instant, and a burst pays no wake-ups at its instant.
+meanwhile, so no caller waits for the instant, and a burst pays no wake-ups at its instant. WARM before
+it, the delivery is made ready (``ready``: a connection in hand, PostgreSQL and Redis woken by a round
+trip each), so that at the instant only the statement and the publication are left.
 
 The workflow's own delivery, at its grace timer, asks :meth:`DeliveryWheel.settled` first: usually it
 finds the wheel's delivery done and returns its notification id; it delivers by itself when this
@@ -20,6 +22,7 @@ tickler/worker.py), which arm it again elsewhere; one that dies leaves it to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +38,9 @@ log = logging.getLogger(__name__)
 # or None when it wrote nothing the workflow can count on (stale, closed, missing: the workflow's own
 # delivery looks again and decides).
 Deliver = Callable[[Sequence[DeliverReminderInput]], Awaitable[Sequence[int | None]]]
+# A delivery made ready ahead of its instant, and what delivers then (the batch's activities hold a
+# connection and have woken both servers).
+Ready = Callable[[], contextlib.AbstractAsyncContextManager[Deliver]]
 
 # How long a delivered reminder's outcome is kept for its workflow's grace timer to find.
 RETAIN = timedelta(minutes=10)
@@ -50,6 +56,12 @@ RETRY_FOR = timedelta(minutes=2)
 # sleep that ends ~0.5 ms late leaves ~0.5 ms of spinning per distinct instant, ~1 % of a core at 1,000
 # instants a minute, nothing when none is near.
 SPIN = timedelta(milliseconds=1)
+# How long before an instant its delivery is made ready. A process that has slept for tens of
+# milliseconds answers its first round trip 0.2-0.4 ms slower than one that ran a millisecond ago (its
+# core idle, its caches cold: PostgreSQL's backend, Redis): on this machine's bench, spread over 60 s,
+# reminders arrived 0.7-0.9 ms sooner at the median with it (docs/decisions.md §37). Long enough for a
+# cold round trip to each, short enough that both are still awake at the instant.
+WARM = timedelta(milliseconds=2)
 
 
 @dataclass(eq=False)
@@ -68,10 +80,13 @@ class DeliveryWheel:
         deliver: Deliver,
         deliveries: Deliveries | None = None,
         *,
+        ready: Ready | None = None,
         ahead: timedelta = DELIVER_AHEAD,
         retain: timedelta = RETAIN,
     ) -> None:
         self._deliver = deliver
+        # Entered WARM before an instant when there is time; a failure there leaves ``deliver``.
+        self._ready = ready
         # The process's garbage collector waits while a delivery is in hand (core/gcwatch.py): from
         # ``ahead`` before the instant to the end of the batch.
         self._deliveries = deliveries or Deliveries()
@@ -158,21 +173,8 @@ class DeliveryWheel:
         task.add_done_callback(self._running.discard)
 
     async def _run(self, instant: datetime, retry: timedelta) -> None:
-        failed = False
         with self._deliveries.delivering():
-            await wait_for(instant)
-            bucket = self._waiting.pop(instant, {})
-            batch = list(bucket.values())
-            if not batch:
-                return
-            for armed in batch:
-                armed.taken = True
-            try:
-                outcomes: Sequence[int | None] = await self._deliver([a.input for a in batch])
-            except Exception:
-                log.exception("%d reminders due at %s not delivered by the wheel", len(batch), instant)
-                outcomes = [None] * len(batch)
-                failed = True
+            batch, outcomes, failed = await self._deliver_at(instant)
         now = asyncio.get_running_loop().time()
         for armed, outcome in zip(batch, outcomes, strict=True):
             # A grace timer waiting in settled() gets None and delivers by itself.
@@ -182,6 +184,42 @@ class DeliveryWheel:
         if failed:
             self._again(instant, batch, retry)
         self._forget(now)
+
+    async def _deliver_at(self, instant: datetime) -> tuple[list[Armed], Sequence[int | None], bool]:
+        """What waited for ``instant``, taken at it and delivered: the batch, each one's outcome, and
+        whether the delivery failed. Never raises: every armed entry taken gets its outcome."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            deliver = await self._made_ready(instant, stack)
+            await wait_for(instant)
+            batch = list(self._waiting.pop(instant, {}).values())
+            for armed in batch:
+                armed.taken = True
+            if not batch:
+                return [], [], False
+            try:
+                return batch, await deliver([a.input for a in batch]), False
+            except Exception:
+                log.exception("%d reminders due at %s not delivered by the wheel", len(batch), instant)
+                return batch, [None] * len(batch), True
+        finally:
+            try:
+                await stack.aclose()
+            except Exception:
+                log.exception("the connection of the delivery due at %s was not given back cleanly", instant)
+
+    async def _made_ready(self, instant: datetime, stack: contextlib.AsyncExitStack) -> Deliver:
+        """At WARM before ``instant``, the delivery made ready (in ``stack``, left at the batch's end); the
+        plain one when there is no time for it (a retry, a timer that fired late) or it failed."""
+        if self._ready is None or datetime.now(UTC) >= instant - WARM:
+            return self._deliver
+        await wait_for(instant - WARM)
+        try:
+            return await stack.enter_async_context(self._ready())
+        except Exception as exc:
+            # The plain delivery meets the same trouble, if it lasts, and says so.
+            log.warning("the delivery due at %s was not made ready (%r): it goes cold", instant, exc)
+            return self._deliver
 
     def _again(self, instant: datetime, batch: list[Armed], retry: timedelta) -> None:
         """Wait ``retry``, then try again what no workflow took back and nothing armed anew: each as

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import random
 import time
@@ -23,9 +24,11 @@ from pydantic import SecretStr
 from bench import http
 from bench.stack import JWT_SECRET, TOKEN_TTL_SECONDS
 from core.auth import mint_token
+from core.gcwatch import PauseWatch
 from core.settings import Settings
 
 STREAM_PATH = "/v1/notifications/stream"
+PAUSE_REPORTED_MS = 2.0
 
 
 @functools.cache
@@ -63,6 +66,13 @@ class Collector:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     reconnects: int = 0
     errors: list[str] = field(default_factory=list)
+    # The garbage collections of PAUSE_REPORTED_MS or more of the process that stamped the arrivals,
+    # (wall clock at the pause's end, ms): an arrival late by one is the client's (hold_still).
+    pauses: list[tuple[float, float]] = field(default_factory=list)
+
+    def pauses_between(self, start: float, end: float) -> dict[str, float]:
+        within = [ms for at, ms in self.pauses if start <= at <= end]
+        return {"at_least_ms": PAUSE_REPORTED_MS, "count": len(within), "max_ms": max(within, default=0.0)}
 
     def add(self, arrival: Arrival) -> None:
         self.arrivals.setdefault(arrival.task_id, []).append(arrival)
@@ -87,6 +97,23 @@ class Collector:
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
+
+
+def hold_still(collector: Collector) -> PauseWatch:
+    """Once a client's streams are open: freeze its heap, so that its full collections no longer walk
+    what it holds (the bench process's imports and earlier scenarios, a fan-out client's 2,500 streams),
+    and record each pause of PAUSE_REPORTED_MS or more in ``collector``. Uninstall the watch returned
+    when the streams close."""
+    gc.collect()
+    gc.freeze()
+
+    def record(_generation: int, seconds: float) -> None:
+        if seconds * 1000 >= PAUSE_REPORTED_MS:
+            collector.pauses.append((time.time(), round(seconds * 1000, 1)))
+
+    watch = PauseWatch(warn_after_seconds=0, record=record)
+    watch.install()
+    return watch
 
 
 def parse_notification(data: str, user: str, arrived: float) -> Arrival | None:
@@ -170,6 +197,7 @@ class StreamSet:
     streams: list[Stream] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    watch: PauseWatch | None = None
 
     async def open(self, within: float = 60.0) -> None:
         for user in self.users:
@@ -178,8 +206,11 @@ class StreamSet:
             self.tasks.append(asyncio.create_task(stream.run(self.collector, self.stop)))
         async with asyncio.timeout(within):
             await asyncio.gather(*(s.ready.wait() for s in self.streams))
+        self.watch = hold_still(self.collector)
 
     async def close(self) -> None:
+        if self.watch is not None:
+            self.watch.uninstall()
         self.stop.set()
         for task in self.tasks:
             task.cancel()

@@ -4,8 +4,8 @@ Each client process (multiprocessing, spawn) opens its share of the streams, rep
 then keeps them until told to report its arrivals or to stop. It dies with the bench process.
 
 A client stamps an arrival when it reads it, so its own garbage collections would count as the
-server's latency: once its streams are open it freezes its heap (its full passes walked 2,500 streams)
-and reports every pause it took of PAUSE_REPORTED_MS or more, so that a tail can be told from one.
+server's latency: once its streams are open it holds still (bench.clients.hold_still) and reports the
+pauses it took, so that a tail can be told from one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,11 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.clients import Arrival, Collector, Stream
-from core.gcwatch import PauseWatch
+from bench.clients import Arrival, Collector, Stream, hold_still
 
 OPEN_CONCURRENCY = 64
-PAUSE_REPORTED_MS = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -71,15 +68,7 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
 
     await asyncio.gather(*(open_one(s) for s in streams))
     ready = sum(1 for s in streams if s.ready.is_set())
-    gc.collect()
-    gc.freeze()
-    pauses: list[tuple[float, float]] = []
-
-    def record(_generation: int, seconds: float) -> None:
-        if seconds * 1000 >= PAUSE_REPORTED_MS:
-            pauses.append((time.time(), round(seconds * 1000, 1)))
-
-    PauseWatch(warn_after_seconds=0, record=record).install()
+    hold_still(collector)
     conn.send(("opened", ready, time.monotonic() - started, collector.errors[:10]))
     loop = asyncio.get_running_loop()
     while True:
@@ -87,7 +76,8 @@ async def _hold(url: str, org: str, users: list[str], conn: multiprocessing.conn
         if command == "report":
             arrivals = [a for found in collector.arrivals.values() for a in found]
             open_now = sum(1 for s in streams if s.ready.is_set())
-            conn.send(("arrivals", arrivals, collector.reconnects, open_now, collector.errors[:10], pauses))
+            errors = collector.errors[:10]
+            conn.send(("arrivals", arrivals, collector.reconnects, open_now, errors, collector.pauses))
         elif command == "stop":
             break
     stop.set()

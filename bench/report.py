@@ -97,6 +97,11 @@ async def server_versions(stack: Stack) -> dict[str, str]:
 
 # (label, path into a scenario's median figures, lower is better)
 Figure = tuple[str, tuple[str, ...], bool]
+# The measuring clients' own collections while the notifications came (bench/clients.py, hold_still).
+CLIENT_PAUSES: list[Figure] = [
+    ("clients: pauses >= 2 ms while notified", ("client_gc_pauses_while_notified", "count"), True),
+    ("clients: longest pause (ms)", ("client_gc_pauses_while_notified", "max_ms"), True),
+]
 SPREAD: list[Figure] = [
     ("latency p50 (ms)", ("latency_ms", "p50"), True),
     ("latency p90 (ms)", ("latency_ms", "p90"), True),
@@ -108,6 +113,7 @@ SPREAD: list[Figure] = [
     ("worker: longest pause (ms)", ("gc_pauses", "worker", "max_ms"), True),
     ("web: garbage-collection pauses >= 10 ms", ("gc_pauses", "web", "count"), True),
     ("web: longest pause (ms)", ("gc_pauses", "web", "max_ms"), True),
+    *CLIENT_PAUSES,
 ]
 BURST: list[Figure] = [
     ("latency p50 (ms)", ("latency_ms", "p50"), True),
@@ -123,6 +129,7 @@ BURST: list[Figure] = [
     ("worker: longest pause (ms)", ("gc_pauses", "worker", "max_ms"), True),
     ("web: garbage-collection pauses >= 10 ms", ("gc_pauses", "web", "count"), True),
     ("web: longest pause (ms)", ("gc_pauses", "web", "max_ms"), True),
+    *CLIENT_PAUSES,
 ]
 CREATE: list[Figure] = [
     ("tasks per second", ("tasks_per_second",), False),

@@ -9,7 +9,7 @@ sandbox (0 = UnsandboxedWorkflowRunner, 2 = the sandbox passing every module thr
 activities), eager (0 disables eager activity execution), uvloop, freeze (0: leave the start-up heap in
 garbage collection, which the product freezes), gapgc (0: CPython's full collections instead of the
 product's, between deliveries), gc0 / gc1 / gc2 (gc.set_threshold; gc2 only counts with gapgc=0), pool
-(database connections kept per process).
+(database connections kept per process), warm (0: the wheel's deliveries not made ready ahead).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ VARIANTS = {
     "product": PRODUCT,
     "nofreeze": PRODUCT + ",freeze=0",
     "cpythongc": PRODUCT + ",gapgc=0",
+    "cold": PRODUCT + ",warm=0",
     # A smaller cache: shorter full garbage collections in the worker, more replays.
     "cache1000": PRODUCT.replace("cache=10000", "cache=1000"),
     "cache2000": PRODUCT.replace("cache=10000", "cache=2000"),
@@ -75,6 +76,7 @@ def worker_options(knobs: dict[str, float]) -> WorkerOptions:
         eager_activities=bool(knobs.get("eager", 1)),
         gc_between_deliveries=bool(knobs.get("gapgc", 1)),
         freeze_startup_heap=bool(knobs.get("freeze", 1)),
+        warm_deliveries=bool(knobs.get("warm", 1)),
     )
 
 

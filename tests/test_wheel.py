@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from activities.tasks import TaskActivities
-from activities.wheel import SPIN, DeliveryWheel, wait_for
+from activities.wheel import SPIN, WARM, Deliver, DeliveryWheel, wait_for
 from core.db import tenant_transaction
 from core.models import Notification
 from core.payloads import STATE_QUERY, DeliverReminderInput, NotificationEvent, TaskState, delivery_grace
@@ -115,6 +115,58 @@ async def test_the_wait_for_an_instant_ends_at_it_and_keeps_the_loop_turning() -
     instant = datetime.now(UTC) + timedelta(milliseconds=30)
     await wait_for(instant)
     assert datetime.now(UTC) >= instant
+
+
+async def test_a_delivery_is_made_ready_before_its_instant_and_goes_cold_when_that_fails() -> None:
+    """WARM before an instant the wheel makes its delivery ready (the activities check out a connection
+    and wake both servers) and delivers through what that gave, at the instant; one that could not be
+    made ready, or has no time left for it, is delivered all the same."""
+    cold, warm = FakeDelivery(), FakeDelivery()
+    entered: list[datetime] = []
+    left: list[datetime] = []
+    failing = False
+    failing_on_exit = False
+
+    @contextlib.asynccontextmanager
+    async def ready() -> AsyncIterator[Deliver]:
+        entered.append(datetime.now(UTC))
+        if failing:
+            raise ConnectionError("the database is down")
+        yield warm
+        left.append(datetime.now(UTC))
+        if failing_on_exit:
+            raise ConnectionError("the connection broke on its way back")
+
+    wheel = DeliveryWheel(cold, ready=ready)
+    instant = datetime.now(UTC) + timedelta(milliseconds=300)
+    wheel.arm(reminder(instant))
+    await wait_until(lambda: len(left) == 1, what="the batch delivered and its connection given back")
+    assert instant - WARM <= entered[0] < instant
+    assert [len(batch) for _, batch in warm.batches] == [1]
+    assert instant <= warm.batches[0][0] <= left[0]
+    assert cold.batches == []
+
+    # Its connection not given back cleanly: the batch's outcome stands all the same.
+    failing_on_exit = True
+    soon = reminder(datetime.now(UTC) + timedelta(milliseconds=300))
+    wheel.arm(soon)
+    await wait_until(lambda: len(left) == 2, what="the second batch made ready and delivered")
+    assert await wheel.settled(soon.dedupe_key) == hash(soon.dedupe_key)
+
+    failing = True
+    later = datetime.now(UTC) + timedelta(milliseconds=300)
+    failed_ready = reminder(later)
+    wheel.arm(failed_ready)
+    await wait_until(lambda: len(cold.batches) == 1, what="the batch delivered cold")
+    assert cold.batches[0][0] >= later
+    assert len(entered) == 3
+    assert await wheel.settled(failed_ready.dedupe_key) == hash(failed_ready.dedupe_key)
+
+    # Armed after its instant (a worker that took it over late): delivered at once, not made ready.
+    wheel.arm(reminder(datetime.now(UTC) - timedelta(seconds=1)))
+    await wait_until(lambda: len(cold.batches) == 2, what="the late reminder delivered")
+    assert len(entered) == 3
+    await wheel.aclose()
 
 
 async def test_armed_again_replaces_what_waits_and_settled_early_takes_it_back() -> None:
@@ -219,7 +271,9 @@ async def test_a_batch_writes_each_row_once_fenced_by_version_and_publishes_them
     inputs = [armed(t) for t in [*reversed(tasks), changed, closed]]
     async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
         await pubsub.subscribe(settings.redis_channel)
-        ids = await activities.deliver_batch(inputs)
+        # As the wheel delivers: made ready first, on the connection that gave; then without it.
+        async with activities.ready_to_deliver() as deliver:
+            ids = await deliver(inputs)
         again = await activities.deliver_batch(inputs[:2])
         published: list[NotificationEvent] = []
         async with asyncio.timeout(STREAM_DEADLINE):

@@ -75,6 +75,8 @@ class WorkerOptions:
     # Off: CPython's own schedule of full garbage collections, and the start-up heap left in them.
     gc_between_deliveries: bool = True
     freeze_startup_heap: bool = True
+    # Off: the wheel's deliveries are not made ready ahead of their instant (activities/wheel.py, WARM).
+    warm_deliveries: bool = True
 
     @classmethod
     def of(cls, settings: Settings) -> WorkerOptions:
@@ -270,6 +272,7 @@ async def _run_worker(settings: Settings, options: WorkerOptions | None) -> None
             deliveries,
             rules=rules,
             metric_meter=runtime.metric_meter if runtime else None,
+            warm_deliveries=options.warm_deliveries,
         )
         operations = Operations(maintenance, client, settings)
         worker = build_worker(
