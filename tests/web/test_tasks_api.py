@@ -388,7 +388,16 @@ async def test_a_change_no_worker_confirmed_says_so_and_its_retry_applies_once(
     headers = bearer(settings, "7", new_org())
     async with serve_app(lonely) as (url, _), httpx.AsyncClient(base_url=url, timeout=20) as client:
         async with run_worker(temporal, lonely, engine, redis):
-            task = await create(client, headers)
+            # The 1 s bound is for the change below; a worker just started can take longer than that
+            # to confirm its first create on a busy machine, so the create is retried with its key.
+            body = {"title": "Call Ana", "due_at": ahead(days=1)}
+            creating = headers | {"Idempotency-Key": f"create-{uuid.uuid4().hex}"}
+
+            async def created() -> dict[str, Any] | None:
+                response = await client.post("/v1/tasks", json=body, headers=creating)
+                return response.json() if response.status_code == 201 else None
+
+            task = await wait_until(created, within=20, what="the task created")
         rename = headers | {"Idempotency-Key": "rename-1"}
         path = f"/v1/tasks/{task['id']}"
         refused = await client.patch(path, json={"title": "Renamed"}, headers=rename)
