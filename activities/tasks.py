@@ -29,7 +29,7 @@ from temporalio.exceptions import ApplicationError
 from activities.email import Escalations
 from activities.webhooks import Webhooks
 from activities.wheel import Deliver, DeliveryWheel, wait_for
-from core.db import organization_signer, tenant_transaction
+from core.db import fetch_direct, organization_signer, tenant_transaction
 from core.gcwatch import Deliveries
 from core.logs import task_fields
 from core.models import Task, notification_message, task_row
@@ -103,11 +103,10 @@ _DELIVER = text(
 # each fenced by the version it was armed with. One statement is one transaction: it holds its rows'
 # per-user locks to its end, so the rows come sorted by organization and assignee (two workers' batches
 # take them in one order) and BATCH_ROWS at a time (each lock takes a slot of the server's lock table).
-_DELIVER_MANY = text(
+# asyncpg's own placeholders: it runs past SQLAlchemy (core/db.py, fetch_direct), on the instant's path.
+_DELIVER_MANY = (
     "SELECT b.position, d.* FROM unnest("
-    "CAST(:task_ids AS uuid[]), CAST(:organization_ids AS text[]), CAST(:signatures AS text[]), "
-    "CAST(:dedupe_keys AS text[]), CAST(:offsets AS integer[]), CAST(:due_ats AS timestamptz[]), "
-    "CAST(:versions AS integer[])"
+    "$1::uuid[], $2::text[], $3::text[], $4::text[], $5::integer[], $6::timestamptz[], $7::integer[]"
     ") WITH ORDINALITY AS b(task_id, organization_id, signature, dedupe_key, offset_seconds, due_at, "
     "version, position) "
     "CROSS JOIN LATERAL deliver_notification("
@@ -326,19 +325,19 @@ class TaskActivities:
     ) -> Sequence[Any]:
         # One HMAC per organization of the chunk, not per reminder (a burst is mostly a few organizations).
         signatures = {org: self.signer.sign(org) for org in {i.organization_id for i in inputs}}
-        values = {
-            "task_ids": [i.task_id for i in inputs],
-            "organization_ids": [i.organization_id for i in inputs],
-            "signatures": [signatures[i.organization_id] for i in inputs],
-            "dedupe_keys": [i.dedupe_key for i in inputs],
-            "offsets": [i.offset_seconds for i in inputs],
-            "due_ats": [i.due_at for i in inputs],
-            "versions": [i.version for i in inputs],
-        }
+        args = (
+            [i.task_id for i in inputs],
+            [i.organization_id for i in inputs],
+            [signatures[i.organization_id] for i in inputs],
+            [i.dedupe_key for i in inputs],
+            [i.offset_seconds for i in inputs],
+            [i.due_at for i in inputs],
+            [i.version for i in inputs],
+        )
         if connection is not None:
-            return (await connection.execute(_DELIVER_MANY, values)).all()
+            return await fetch_direct(connection, _DELIVER_MANY, *args)
         async with self.autocommit.connect() as connection:
-            return (await connection.execute(_DELIVER_MANY, values)).all()
+            return await fetch_direct(connection, _DELIVER_MANY, *args)
 
     async def _deliver(self, input: DeliverReminderInput) -> int | None:
         await wait_for(input.not_before, DELIVER_AHEAD)
