@@ -139,7 +139,8 @@ def make_engine(settings: Settings, *, application_name: str, url: str | None = 
 
 
 class Row(asyncpg.Record):
-    """An asyncpg record whose columns read as attributes too, as SQLAlchemy's rows do."""
+    """An asyncpg record whose columns read as attributes too, as SQLAlchemy's rows do. A column named
+    like one of Record's methods (get, items, keys, values) reads as the method: index it."""
 
     def __getattr__(self, name: str) -> Any:
         try:
