@@ -20,6 +20,10 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
 from bench import history
 from bench.clients import Arrival, Collector, StreamSet, create_tasks, spread, users_of
@@ -27,6 +31,7 @@ from bench.fanout import Fleet, collector_of
 from bench.stack import App, CpuMeter, Stack, rss_bytes
 from bench.stats import summary
 from core.payloads import DELIVERY_GRACE, GRACE_SPREAD
+from core.settings import Settings
 
 CREATE_CONCURRENCY = 32
 # The spread scenario creates its tasks at this concurrency: gently, as over a working day, so that what
@@ -74,6 +79,9 @@ SCALES = {
         20.0,
     ),
 }
+# How long settle() waits at most for the task queue to drain, and the backlog it calls drained.
+SETTLE_LIMIT = 600.0
+SETTLE_BACKLOG = 5
 # The sustained scenario's bound: the highest step whose p99, and every lower step's, is at most this.
 SUSTAINED_P99_MS = 15.0
 
@@ -93,6 +101,14 @@ class Context:
     # after their instant): the idle scenario measures from then, not the warm-up's aftermath.
     quiet_after: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    def due_until(self, last_due: float) -> None:
+        """A scenario's reminders are due up to ``last_due``: the next scenario settles until their grace
+        steps have run (settle())."""
+        grace = (
+            (DELIVERY_GRACE + GRACE_SPREAD).total_seconds() if self.app.system.startswith("tickler") else 0.0
+        )
+        self.quiet_after = max(self.quiet_after, last_due + grace + 2.0)
 
     def org(self, scenario: str) -> str:
         return f"bench-{self.run_id}-{self.app.system}-{scenario}-{uuid.uuid4().hex[:6]}"
@@ -169,6 +185,39 @@ async def warm_up(ctx: Context) -> None:
         await streams.close()
 
 
+async def settle(ctx: Context) -> None:
+    """Before a scenario, let the ones before it finish: until their reminders' grace steps have run
+    (Context.due_until), then, for Tickler, until the worker has taken up the workflow and activity tasks
+    they left on its task queue. Without it, a scenario that followed the 10,000 burst measured the
+    burst's 10,000 grace steps being recorded (its creates answered 503). Bounded by SETTLE_LIMIT; a note
+    says when it did not drain."""
+    await asyncio.sleep(max(0.0, ctx.quiet_after - time.time()))
+    if not ctx.app.system.startswith("tickler"):
+        return
+    client = await Client.connect(ctx.stack.temporal_address)
+    queue = TaskQueue(name=Settings.model_fields["temporal_task_queue"].default)
+    deadline = time.monotonic() + SETTLE_LIMIT
+    began = time.monotonic()
+    while True:
+        backlog = 0
+        for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
+            described = await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace="default", task_queue=queue, task_queue_type=kind, report_stats=True
+                )
+            )
+            backlog += described.stats.approximate_backlog_count
+        if backlog <= SETTLE_BACKLOG:
+            waited = time.monotonic() - began
+            if waited >= 1.0:
+                ctx.notes.append(f"{ctx.app.system}: settled, the task queue drained in {waited:.0f} s")
+            return
+        if time.monotonic() > deadline:
+            ctx.notes.append(f"{ctx.app.system}: {backlog} tasks still queued after {SETTLE_LIMIT:.0f} s")
+            return
+        await asyncio.sleep(1.0)
+
+
 # -- 3. creation --------------------------------------------------------------------------------------
 
 
@@ -212,6 +261,7 @@ async def spread_latency(ctx: Context) -> dict[str, Any]:
     try:
         first_due = time.time() + ctx.margin(count, gentle=True)
         dues = spread(first_due, seconds, count)
+        ctx.due_until(dues[-1])
         created = await create_tasks(
             ctx.app.url, streams.org, streams.users, dues, concurrency=GENTLE_CONCURRENCY
         )
@@ -247,6 +297,7 @@ async def burst(ctx: Context, count: int) -> dict[str, Any]:
     await streams.open()
     try:
         due = time.time() + ctx.margin(count)
+        ctx.due_until(due)
         meter = ctx.meter()
         meter.start()
         created = await create_tasks(
@@ -310,6 +361,7 @@ async def sustained(ctx: Context) -> dict[str, Any]:
         dues: list[float] = []
         for n, count in enumerate(counts):
             dues += spread(first_due + n * seconds, seconds, count)
+        ctx.due_until(dues[-1])
         created = await create_tasks(
             ctx.app.url, streams.org, streams.users, dues, concurrency=CREATE_CONCURRENCY
         )
@@ -390,6 +442,7 @@ async def fanout(ctx: Context) -> dict[str, Any]:
         targets = rng.sample(users, min(scale.fanout_notifications, len(users)))
         first_due = time.time() + ctx.margin(len(targets))
         dues = spread(first_due, scale.fanout_seconds, len(targets))
+        ctx.due_until(dues[-1])
         meter = CpuMeter({"tickler-web": web})
         meter.start()
         created = await create_tasks(ctx.app.url, org, targets, dues, concurrency=8)
