@@ -101,6 +101,8 @@ class Context:
     # after their instant): the idle scenario measures from then, not the warm-up's aftermath.
     quiet_after: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # settle()'s client of the Temporal server, made at its first use.
+    temporal: Client | None = None
 
     def due_until(self, last_due: float) -> None:
         """A scenario's reminders are due up to ``last_due``: the next scenario settles until their grace
@@ -194,7 +196,9 @@ async def settle(ctx: Context) -> None:
     await asyncio.sleep(max(0.0, ctx.quiet_after - time.time()))
     if not ctx.app.system.startswith("tickler"):
         return
-    client = await Client.connect(ctx.stack.temporal_address)
+    if ctx.temporal is None:
+        ctx.temporal = await Client.connect(ctx.stack.temporal_address)
+    client = ctx.temporal
     queue = TaskQueue(name=Settings.model_fields["temporal_task_queue"].default)
     deadline = time.monotonic() + SETTLE_LIMIT
     began = time.monotonic()
